@@ -1,0 +1,248 @@
+//! All database work goes through here.
+//!
+//! [`Db`] owns the process's one pool. [`Db::transaction`] is the single entry
+//! point: it acquires a connection within the wait limit, runs the closure in a
+//! transaction bounded by the transaction timeout, and maps every failure to one
+//! of the SPEC's codes ([`DbError`]). A connection whose transaction overran is
+//! cancelled and rolled back, or discarded; it is never returned to the pool
+//! inside an open transaction.
+
+pub mod migrations;
+pub mod pool;
+
+use std::time::{Duration, Instant};
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
+use futures_util::future::BoxFuture;
+
+use crate::metrics as m;
+pub use pool::{PgPool, PoolSettings};
+
+/// A connection checked out of the pool; returned when dropped.
+pub type PooledConn = Object<AsyncPgConnection>;
+
+/// Why database work failed, in the terms clients see.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No pooled connection became free within the wait limit.
+    #[error("no database connection became free within the wait limit")]
+    Busy,
+    /// The transaction ran past the transaction timeout and was rolled back.
+    #[error("the database transaction ran past its time limit and was rolled back")]
+    Timeout,
+    /// PostgreSQL could not be reached or dropped the connection.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The pool is closed because the process is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Anything else: a bug or an unexpected database error.
+    #[error("database error: {0}")]
+    Other(#[source] DieselError),
+}
+
+impl DbError {
+    /// The SPEC error code for this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DbError::Busy => "db_busy",
+            DbError::Timeout => "db_timeout",
+            DbError::Unavailable(_) => "db_unavailable",
+            DbError::ShuttingDown => "shutting_down",
+            DbError::Other(_) => "internal",
+        }
+    }
+}
+
+impl From<DieselError> for DbError {
+    /// Classifies a diesel error: cancelled statements are timeouts, broken
+    /// connections are outages, the rest is unexpected.
+    fn from(e: DieselError) -> Self {
+        match &e {
+            DieselError::DatabaseError(kind, info) => {
+                // 57014 query_canceled: our statement_timeout fired.
+                if info.message().contains("statement timeout")
+                    || info.message().contains("canceling statement")
+                {
+                    return DbError::Timeout;
+                }
+                match kind {
+                    DatabaseErrorKind::ClosedConnection => DbError::Unavailable(e.to_string()),
+                    DatabaseErrorKind::Unknown
+                        if is_connection_failure(info.message()) =>
+                    {
+                        DbError::Unavailable(e.to_string())
+                    }
+                    _ => DbError::Other(e),
+                }
+            }
+            DieselError::BrokenTransactionManager => DbError::Unavailable(e.to_string()),
+            _ => DbError::Other(e),
+        }
+    }
+}
+
+fn is_connection_failure(message: &str) -> bool {
+    const SIGNS: [&str; 6] = [
+        "connection closed",
+        "terminating connection",
+        "administrator command",
+        "the database system is",
+        "error communicating with the server",
+        "connection reset",
+    ];
+    let lower = message.to_ascii_lowercase();
+    SIGNS.iter().any(|s| lower.contains(s))
+}
+
+/// The unit of work [`Db::transaction`] runs: a closure over the connection.
+pub type TxFn<'c, T, E> = BoxFuture<'c, Result<T, E>>;
+
+/// The process's database: one pool plus the limits every use of it obeys.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    max_wait: Duration,
+    tx_timeout: Duration,
+}
+
+impl Db {
+    /// Builds the pool; no connection is opened until first use.
+    pub fn new(settings: &PoolSettings) -> Self {
+        Self {
+            pool: pool::build(settings),
+            max_wait: settings.max_wait,
+            tx_timeout: settings.tx_timeout,
+        }
+    }
+
+    /// The pool, for status and shutdown. Queries go through [`Db::transaction`].
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks a connection out within the wait limit, recording the wait.
+    ///
+    /// # Errors
+    /// [`DbError::Busy`] when none frees up in time, [`DbError::Unavailable`]
+    /// when a new one cannot be opened, [`DbError::ShuttingDown`] once closed.
+    pub async fn acquire(&self) -> Result<PooledConn, DbError> {
+        self.acquire_within(self.max_wait).await
+    }
+
+    async fn acquire_within(&self, limit: Duration) -> Result<PooledConn, DbError> {
+        use deadpool::managed::{PoolError, TimeoutType};
+        let started = Instant::now();
+        let result = match tokio::time::timeout(limit, self.pool.get()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(PoolError::Timeout(TimeoutType::Wait))) | Err(_) => Err(DbError::Busy),
+            Ok(Err(PoolError::Closed)) => Err(DbError::ShuttingDown),
+            Ok(Err(e)) => Err(DbError::Unavailable(e.to_string())),
+        };
+        metrics::histogram!(m::DB_POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        if matches!(result, Err(DbError::Busy)) {
+            metrics::counter!(m::DB_POOL_TIMEOUTS_TOTAL).increment(1);
+        }
+        result
+    }
+
+    /// Runs `work` in a transaction on a pooled connection.
+    ///
+    /// The connection is acquired within the wait limit and released as soon as
+    /// the transaction ends: never hold on to anything from inside `work` that
+    /// needs the network. The transaction is bounded by the transaction timeout
+    /// twice over: `SET LOCAL statement_timeout` on the server and a timer here.
+    ///
+    /// # Errors
+    /// Whatever `work` returns, or a [`DbError`] (converted into `E`) for
+    /// `db_busy`, `db_timeout`, `db_unavailable` and `shutting_down`.
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send,
+        E: From<DbError> + From<DieselError> + Send,
+        T: Send,
+    {
+        let mut conn = self.acquire().await?;
+        let timeout_ms = self.tx_timeout.as_millis();
+        let run = async {
+            let c: &mut AsyncPgConnection = &mut conn;
+            AnsiTransactionManager::begin_transaction(c)
+                .await
+                .map_err(DbError::from)?;
+            let setup = format!("SET LOCAL statement_timeout = {timeout_ms}");
+            if let Err(e) = c.batch_execute(&setup).await {
+                let _ = AnsiTransactionManager::rollback_transaction(c).await;
+                return Err(DbError::from(e).into());
+            }
+            match work(c).await {
+                Ok(value) => {
+                    AnsiTransactionManager::commit_transaction(c)
+                        .await
+                        .map_err(DbError::from)?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    // The caller's error is the interesting one; a failed rollback
+                    // leaves the connection marked broken and the pool discards it.
+                    let _ = AnsiTransactionManager::rollback_transaction(c).await;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(self.tx_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!(m::DB_TX_TIMEOUTS_TOTAL).increment(1);
+                tracing::warn!(timeout_ms = timeout_ms as u64, "transaction ran past its time limit");
+                recover_after_timeout(conn).await;
+                Err(DbError::Timeout.into())
+            }
+        }
+    }
+
+    /// Whether a connection can be had and answers, within `limit`.
+    pub async fn ping(&self, limit: Duration) -> Result<(), DbError> {
+        let check = async {
+            let mut conn = self.acquire_within(limit).await?;
+            conn.batch_execute("SELECT 1").await.map_err(DbError::from)
+        };
+        tokio::time::timeout(limit, check)
+            .await
+            .unwrap_or(Err(DbError::Busy))
+    }
+
+    /// Closes the pool: waiting callers fail and idle connections are dropped;
+    /// connections in use close when they are returned.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// After a timeout the transaction future was dropped mid-flight: the server may
+/// still be running the statement inside an open transaction. Cancel it, roll
+/// back, and keep the connection only if that leaves it clean; otherwise take
+/// it out of the pool so it is closed instead of handed out again.
+async fn recover_after_timeout(mut conn: PooledConn) {
+    const GRACE: Duration = Duration::from_secs(1);
+    let token = conn.cancel_token();
+    let cancelled = tokio::time::timeout(GRACE, token.cancel_query(tokio_postgres::NoTls))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    let rolled_back = cancelled
+        && tokio::time::timeout(
+            GRACE,
+            AnsiTransactionManager::rollback_transaction(&mut *conn),
+        )
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    let clean = rolled_back
+        && !<AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::is_broken_transaction_manager(&mut conn);
+    if !clean {
+        tracing::warn!("discarding a connection that could not be rolled back after a timeout");
+        drop(Object::take(conn));
+    }
+}

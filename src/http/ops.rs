@@ -1,0 +1,57 @@
+//! Operations endpoints: liveness, readiness, metrics.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::state::AppState;
+
+/// Longest `/readyz` waits for the database.
+const READY_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// `GET /healthz`: 200 while the process runs; touches nothing else.
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when a pooled connection answers; 503 while shutting down
+/// or when PostgreSQL is unreachable. A pool that is merely saturated counts as
+/// ready: its connections are in use, so the database works, and pulling a busy
+/// instance out of a load balancer would only move the load elsewhere.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.shutdown().is_triggered() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        );
+    }
+    let limit = READY_CHECK_LIMIT.min(state.settings().database.max_wait);
+    match state.db().ping(limit).await {
+        Ok(()) | Err(DbError::Busy) if !state.shutdown().is_triggered() => {
+            (StatusCode::OK, axum::Json(json!({"status": "ready"})))
+        }
+        Err(DbError::ShuttingDown) | Ok(()) | Err(DbError::Busy) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "db_unavailable"})),
+            )
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(state.db()),
+    )
+}

@@ -1,0 +1,25 @@
+//! chatpool: a real-time chat backend whose WebSocket sessions and HTTP
+//! handlers share one bounded PostgreSQL pool.
+//!
+//! Layout:
+//! - [`cli`]: the `chatpool` command line; [`config`]: typed settings.
+//! - [`startup`]: builds the [`state::AppState`] once and runs the server.
+//! - [`db`]: the one pool and the one entry point for database work, with the
+//!   wait limit, the transaction timeout and the error codes; [`schema`]: tables.
+//! - [`embedded`]: the private PostgreSQL cluster used without `DATABASE_URL`.
+//! - [`http`]: the HTTP API; [`error`]: the error every client sees.
+//! - [`shutdown`]: signals and the shutdown token/tracker.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod schema;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

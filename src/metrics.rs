@@ -1,0 +1,78 @@
+//! Prometheus metrics: names in one place, the recorder installed once.
+//!
+//! Pool gauges are read from the pool's own status when `/metrics` is scraped,
+//! so they are never stale; counters and histograms are recorded where the
+//! event happens.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::db::Db;
+
+/// Pool capacity (`connection_limit - 1`).
+pub const DB_POOL_MAX_SIZE: &str = "chatpool_db_pool_max_size";
+/// Connections the pool currently holds.
+pub const DB_POOL_SIZE: &str = "chatpool_db_pool_size";
+/// Idle connections ready to hand out.
+pub const DB_POOL_AVAILABLE: &str = "chatpool_db_pool_available";
+/// Callers waiting for a connection.
+pub const DB_POOL_WAITING: &str = "chatpool_db_pool_waiting";
+/// Time spent waiting for a connection (histogram).
+pub const DB_POOL_WAIT_SECONDS: &str = "chatpool_db_pool_wait_seconds";
+/// Acquisitions that gave up after the wait limit (`db_busy`).
+pub const DB_POOL_TIMEOUTS_TOTAL: &str = "chatpool_db_pool_timeouts_total";
+/// Transactions rolled back for running past the time limit (`db_timeout`).
+pub const DB_TX_TIMEOUTS_TOTAL: &str = "chatpool_db_tx_timeouts_total";
+/// Open WebSocket sessions.
+pub const WS_SESSIONS: &str = "chatpool_ws_sessions";
+/// Messages stored.
+pub const MESSAGES_TOTAL: &str = "chatpool_messages_total";
+/// HTTP requests answered, by method, route and status.
+pub const HTTP_REQUESTS_TOTAL: &str = "chatpool_http_requests_total";
+
+/// The process-wide Prometheus recorder. The `metrics` facade is global, so
+/// several in-process servers (tests) share it; gauges are set per scrape.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(DB_POOL_WAIT_SECONDS.to_owned()),
+                &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (e.g. by an embedding program).
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_gauge!(DB_POOL_MAX_SIZE, "Pool capacity (connection_limit - 1)");
+    metrics::describe_gauge!(DB_POOL_SIZE, "Connections the pool holds");
+    metrics::describe_gauge!(DB_POOL_AVAILABLE, "Idle pooled connections");
+    metrics::describe_gauge!(DB_POOL_WAITING, "Callers waiting for a pooled connection");
+    metrics::describe_histogram!(DB_POOL_WAIT_SECONDS, "Time spent waiting for a pooled connection");
+    metrics::describe_counter!(DB_POOL_TIMEOUTS_TOTAL, "Acquisitions that failed with db_busy");
+    metrics::describe_counter!(DB_TX_TIMEOUTS_TOTAL, "Transactions that failed with db_timeout");
+    metrics::describe_gauge!(WS_SESSIONS, "Open WebSocket sessions");
+    metrics::describe_counter!(MESSAGES_TOTAL, "Messages stored");
+    metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+}
+
+/// Renders the Prometheus text, with pool gauges read from `db` right now.
+pub fn render(db: &Db) -> String {
+    let status = db.pool().status();
+    metrics::gauge!(DB_POOL_MAX_SIZE).set(status.max_size as f64);
+    metrics::gauge!(DB_POOL_SIZE).set(status.size as f64);
+    metrics::gauge!(DB_POOL_AVAILABLE).set(status.available as f64);
+    metrics::gauge!(DB_POOL_WAITING).set(status.waiting as f64);
+    // Make sure the counters exist from the first scrape on.
+    metrics::counter!(DB_POOL_TIMEOUTS_TOTAL).increment(0);
+    metrics::counter!(MESSAGES_TOTAL).increment(0);
+    handle().render()
+}

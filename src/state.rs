@@ -1,0 +1,48 @@
+//! [`AppState`]: what every HTTP handler and WebSocket session shares.
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::shutdown::Shutdown;
+
+/// Built once at startup and cloned (cheaply) into the router and every session.
+/// It holds the process's only pool.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    db: Db,
+    shutdown: Shutdown,
+}
+
+impl AppState {
+    /// Assembles the state; called once by [`crate::startup::Application::build`].
+    pub fn new(settings: Settings, db: Db, shutdown: Shutdown) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                db,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The configuration the process started with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The database: all queries go through [`Db::transaction`].
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Shutdown signal and task tracker.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.inner.shutdown
+    }
+}
