@@ -39,7 +39,10 @@ pub fn main() -> ExitCode {
         }
     };
     crate::telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chatpool: cannot start the async runtime: {e}");

@@ -181,9 +181,7 @@ impl Settings {
             ),
         };
         // CHATPOOL_TX_MAX_WAIT_MS wins over the URL's pool_timeout.
-        let max_wait = env_wait
-            .or(url_wait)
-            .unwrap_or(Duration::from_millis(2000));
+        let max_wait = env_wait.or(url_wait).unwrap_or(Duration::from_millis(2000));
 
         Ok(Settings {
             listen,
@@ -259,10 +257,7 @@ impl DatabaseUrl {
             url.query_pairs_mut().clear().extend_pairs(rest);
         }
         let mut driver = tokio_postgres::Config::from_str(url.as_str()).map_err(|e| {
-            ConfigError::new(
-                "DATABASE_URL",
-                format!("the driver cannot use it ({e})"),
-            )
+            ConfigError::new("DATABASE_URL", format!("the driver cannot use it ({e})"))
         })?;
         driver.connect_timeout(connect_timeout);
         Ok(Self {
@@ -318,7 +313,9 @@ fn parse_seconds(param: &str, value: &str) -> Result<Duration, ConfigError> {
         .ok_or_else(|| {
             ConfigError::new(
                 param,
-                format!("in DATABASE_URL must be a number of seconds greater than 0, got {value:?}"),
+                format!(
+                    "in DATABASE_URL must be a number of seconds greater than 0, got {value:?}"
+                ),
             )
         })
 }
@@ -342,7 +339,11 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("unknown unit {unit:?} in {value:?}: use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {value:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -399,7 +400,10 @@ mod tests {
         assert_eq!(cfg.get_user(), Some("app"));
         assert_eq!(cfg.get_dbname(), Some("chat"));
         assert_eq!(cfg.get_ports(), &[6543]);
-        assert_eq!(cfg.get_connect_timeout(), Some(&Duration::from_millis(2500)));
+        assert_eq!(
+            cfg.get_connect_timeout(),
+            Some(&Duration::from_millis(2500))
+        );
     }
 
     #[test]
@@ -464,11 +468,15 @@ mod tests {
     #[test]
     fn other_values_are_checked() {
         assert_eq!(
-            settings(&[("CHATPOOL_LISTEN", "nowhere")]).unwrap_err().param,
+            settings(&[("CHATPOOL_LISTEN", "nowhere")])
+                .unwrap_err()
+                .param,
             "CHATPOOL_LISTEN"
         );
         assert_eq!(
-            settings(&[("CHATPOOL_LOG_FORMAT", "xml")]).unwrap_err().param,
+            settings(&[("CHATPOOL_LOG_FORMAT", "xml")])
+                .unwrap_err()
+                .param,
             "CHATPOOL_LOG_FORMAT"
         );
         assert_eq!(

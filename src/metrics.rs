@@ -39,7 +39,9 @@ pub fn handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(DB_POOL_WAIT_SECONDS.to_owned()),
-                &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+                &[
+                    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+                ],
             )
             .expect("bucket list is not empty")
             .build_recorder();
@@ -56,9 +58,18 @@ fn describe() {
     metrics::describe_gauge!(DB_POOL_SIZE, "Connections the pool holds");
     metrics::describe_gauge!(DB_POOL_AVAILABLE, "Idle pooled connections");
     metrics::describe_gauge!(DB_POOL_WAITING, "Callers waiting for a pooled connection");
-    metrics::describe_histogram!(DB_POOL_WAIT_SECONDS, "Time spent waiting for a pooled connection");
-    metrics::describe_counter!(DB_POOL_TIMEOUTS_TOTAL, "Acquisitions that failed with db_busy");
-    metrics::describe_counter!(DB_TX_TIMEOUTS_TOTAL, "Transactions that failed with db_timeout");
+    metrics::describe_histogram!(
+        DB_POOL_WAIT_SECONDS,
+        "Time spent waiting for a pooled connection"
+    );
+    metrics::describe_counter!(
+        DB_POOL_TIMEOUTS_TOTAL,
+        "Acquisitions that failed with db_busy"
+    );
+    metrics::describe_counter!(
+        DB_TX_TIMEOUTS_TOTAL,
+        "Transactions that failed with db_timeout"
+    );
     metrics::describe_gauge!(WS_SESSIONS, "Open WebSocket sessions");
     metrics::describe_counter!(MESSAGES_TOTAL, "Messages stored");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
@@ -74,5 +85,6 @@ pub fn render(db: &Db) -> String {
     // Make sure the counters exist from the first scrape on.
     metrics::counter!(DB_POOL_TIMEOUTS_TOTAL).increment(0);
     metrics::counter!(MESSAGES_TOTAL).increment(0);
+    metrics::gauge!(WS_SESSIONS).increment(0.0);
     handle().render()
 }

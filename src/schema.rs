@@ -57,10 +57,4 @@ diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(room_members -> users (user_id));
 diesel::joinable!(rooms -> users (created_by));
 
-diesel::allow_tables_to_appear_in_same_query!(
-    auth_tokens,
-    messages,
-    room_members,
-    rooms,
-    users,
-);
+diesel::allow_tables_to_appear_in_same_query!(auth_tokens, messages, room_members, rooms, users,);

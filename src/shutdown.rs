@@ -61,7 +61,9 @@ pub fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     let mut signals = signal_hook_tokio::Signals::new([SIGINT, SIGTERM])?;
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<i32>();
     tokio::spawn(async move {
-        let Some(first) = signals.next().await else { return };
+        let Some(first) = signals.next().await else {
+            return;
+        };
         let _ = first_tx.send(first);
         if let Some(second) = signals.next().await {
             tracing::warn!(signal = second, "second signal: exiting at once");
@@ -70,7 +72,11 @@ pub fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     });
     Ok(async move {
         if let Ok(signal) = first_rx.await {
-            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+            let name = if signal == SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
             tracing::info!(signal = name, "signal received, shutting down");
         }
     })

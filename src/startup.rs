@@ -66,7 +66,9 @@ impl Database {
         if let Some(pg) = self.embedded {
             match tokio::task::spawn_blocking(move || pg.stop()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly")
+                }
                 Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop panicked"),
             }
         }

@@ -4,8 +4,8 @@
 //! point: it acquires a connection within the wait limit, runs the closure in a
 //! transaction bounded by the transaction timeout, and maps every failure to one
 //! of the SPEC's codes ([`DbError`]). A connection whose transaction overran is
-//! cancelled and rolled back, or discarded; it is never returned to the pool
-//! inside an open transaction.
+//! cancelled and discarded; it is never returned to the pool inside an open
+//! transaction.
 
 pub mod migrations;
 pub mod pool;
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Object;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+};
 use futures_util::future::BoxFuture;
 
 use crate::metrics as m;
@@ -70,9 +72,7 @@ impl From<DieselError> for DbError {
                 }
                 match kind {
                     DatabaseErrorKind::ClosedConnection => DbError::Unavailable(e.to_string()),
-                    DatabaseErrorKind::Unknown
-                        if is_connection_failure(info.message()) =>
-                    {
+                    DatabaseErrorKind::Unknown if is_connection_failure(info.message()) => {
                         DbError::Unavailable(e.to_string())
                     }
                     _ => DbError::Other(e),
@@ -195,7 +195,10 @@ impl Db {
             Ok(result) => result,
             Err(_) => {
                 metrics::counter!(m::DB_TX_TIMEOUTS_TOTAL).increment(1);
-                tracing::warn!(timeout_ms = timeout_ms as u64, "transaction ran past its time limit");
+                tracing::warn!(
+                    timeout_ms = timeout_ms as u64,
+                    "transaction ran past its time limit"
+                );
                 recover_after_timeout(conn).await;
                 Err(DbError::Timeout.into())
             }
@@ -220,29 +223,18 @@ impl Db {
     }
 }
 
-/// After a timeout the transaction future was dropped mid-flight: the server may
-/// still be running the statement inside an open transaction. Cancel it, roll
-/// back, and keep the connection only if that leaves it clean; otherwise take
-/// it out of the pool so it is closed instead of handed out again.
-async fn recover_after_timeout(mut conn: PooledConn) {
-    const GRACE: Duration = Duration::from_secs(1);
+/// After a timeout the transaction future was dropped mid-flight: the server
+/// may still be running the statement inside an open transaction, and the
+/// driver's transaction bookkeeping is unknown. Cancel the statement, then take
+/// the connection out of the pool and close it, so it is never handed out again
+/// nor left "idle in transaction". The pool opens a fresh one when needed.
+async fn recover_after_timeout(conn: PooledConn) {
+    const CANCEL_LIMIT: Duration = Duration::from_secs(1);
     let token = conn.cancel_token();
-    let cancelled = tokio::time::timeout(GRACE, token.cancel_query(tokio_postgres::NoTls))
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
-    let rolled_back = cancelled
-        && tokio::time::timeout(
-            GRACE,
-            AnsiTransactionManager::rollback_transaction(&mut *conn),
-        )
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
-    let clean = rolled_back
-        && !<AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::is_broken_transaction_manager(&mut conn);
-    if !clean {
-        tracing::warn!("discarding a connection that could not be rolled back after a timeout");
-        drop(Object::take(conn));
+    match tokio::time::timeout(CANCEL_LIMIT, token.cancel_query(tokio_postgres::NoTls)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not cancel a timed-out statement"),
+        Err(_) => tracing::warn!("cancelling a timed-out statement timed out"),
     }
+    drop(Object::take(conn));
 }

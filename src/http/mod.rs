@@ -44,7 +44,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    let mut response = ApiError::BadRequest("method not allowed on this route".into()).into_response();
+    let mut response =
+        ApiError::BadRequest("method not allowed on this route".into()).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
 }
@@ -61,7 +62,10 @@ async fn count_requests(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     metrics::counter!(m::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
         .increment(1);
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "request done");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request done"
+    );
     response
 }
 
