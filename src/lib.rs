@@ -7,19 +7,27 @@
 //! - [`db`]: the one pool and the one entry point for database work, with the
 //!   wait limit, the transaction timeout and the error codes; [`schema`]: tables.
 //! - [`embedded`]: the private PostgreSQL cluster used without `DATABASE_URL`.
+//! - [`domain`]: typed values parsed at the edge and the SPEC's JSON objects;
+//!   [`store`]: the queries; [`auth`]: tokens, passwords, the caller.
+//! - [`chat`]: the one send path; [`hub`]: fan-out to sockets.
 //! - [`http`]: the HTTP API; [`error`]: the error every client sees.
 //! - [`shutdown`]: signals and the shutdown token/tracker.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 
+pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod schema;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
+pub mod store;
 pub mod telemetry;

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::hub::Hub;
 use crate::shutdown::Shutdown;
 
 /// Built once at startup and cloned (cheaply) into the router and every session.
@@ -17,16 +19,21 @@ struct Inner {
     settings: Settings,
     db: Db,
     shutdown: Shutdown,
+    hub: Hub,
+    passwords: Passwords,
 }
 
 impl AppState {
     /// Assembles the state; called once by [`crate::startup::Application::build`].
     pub fn new(settings: Settings, db: Db, shutdown: Shutdown) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             inner: Arc::new(Inner {
                 settings,
                 db,
                 shutdown,
+                hub: Hub::new(),
+                passwords: Passwords::new(cores),
             }),
         }
     }
@@ -44,5 +51,17 @@ impl AppState {
     /// Shutdown signal and task tracker.
     pub fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown
+    }
+}
+
+impl AppState {
+    /// Fan-out of committed messages and session events.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Password hashing, bounded in concurrency.
+    pub fn passwords(&self) -> &Passwords {
+        &self.inner.passwords
     }
 }

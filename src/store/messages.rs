@@ -1,0 +1,200 @@
+//! `messages`: the send path's insert and the history queries.
+//!
+//! Every read is a range scan on `UNIQUE (room_id, seq)`; none scans a room.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::domain::{AuthorView, MessageView};
+use crate::schema::messages;
+
+#[derive(QueryableByName)]
+struct MessageRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    room_id: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = BigInt)]
+    author_id: i64,
+    #[diesel(sql_type = Text)]
+    username: String,
+    #[diesel(sql_type = Text)]
+    display_name: String,
+    #[diesel(sql_type = Text)]
+    body: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    client_id: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(r: MessageRow) -> Self {
+        MessageView {
+            id: r.id,
+            room_id: r.room_id,
+            seq: r.seq,
+            author: AuthorView {
+                id: r.author_id,
+                username: r.username,
+                display_name: r.display_name,
+            },
+            body: r.body,
+            client_id: r.client_id,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const MESSAGE_SELECT: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, \
+     u.display_name, m.body, m.client_id, m.created_at \
+     FROM messages m JOIN users u ON u.id = m.author_id";
+
+/// Where a history page starts (SPEC §2 `GET /api/rooms/{id}/messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The latest messages.
+    Latest,
+    /// The first messages with seq above this.
+    After(i64),
+    /// The messages just below this seq.
+    Before(i64),
+}
+
+/// A page of history in ascending seq order, and whether more exist beyond it
+/// in the paging direction (older for `Latest`/`Before`, newer for `After`).
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    cursor: Cursor,
+    limit: i64,
+) -> Result<(Vec<MessageView>, bool), Error> {
+    // Every seq is at least 1, so "latest" is "newest above 0".
+    let (filter, order, bound) = match cursor {
+        Cursor::Latest => ("AND m.seq > $3", "DESC", 0),
+        Cursor::After(n) => ("AND m.seq > $3", "ASC", n),
+        Cursor::Before(n) => ("AND m.seq < $3", "DESC", n),
+    };
+    let mut rows: Vec<MessageRow> = diesel::sql_query(format!(
+        "{MESSAGE_SELECT} WHERE m.room_id = $1 {filter} \
+         ORDER BY m.seq {order} LIMIT $2"
+    ))
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(limit + 1)
+    .bind::<BigInt, _>(bound)
+    .load(conn)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    if order == "DESC" {
+        rows.reverse();
+    }
+    Ok((rows.into_iter().map(Into::into).collect(), has_more))
+}
+
+/// Up to `limit` messages with seq above `after_seq`, ascending (join replay).
+pub async fn since(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<MessageView>, Error> {
+    Ok(page(conn, room_id, Cursor::After(after_seq), limit)
+        .await?
+        .0)
+}
+
+/// The message at `(room_id, seq)`, if any.
+pub async fn by_seq(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    seq: i64,
+) -> Result<Option<MessageView>, Error> {
+    diesel::sql_query(format!(
+        "{MESSAGE_SELECT} WHERE m.room_id = $1 AND m.seq = $2"
+    ))
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(seq)
+    .get_result::<MessageRow>(conn)
+    .await
+    .optional()
+    .map(|r| r.map(Into::into))
+}
+
+/// The message `author_id` already sent with `client_id`, if any.
+pub async fn by_client_id(
+    conn: &mut AsyncPgConnection,
+    author_id: i64,
+    client_id: &str,
+) -> Result<Option<MessageView>, Error> {
+    diesel::sql_query(format!(
+        "{MESSAGE_SELECT} WHERE m.author_id = $1 AND m.client_id = $2"
+    ))
+    .bind::<BigInt, _>(author_id)
+    .bind::<Text, _>(client_id)
+    .get_result::<MessageRow>(conn)
+    .await
+    .optional()
+    .map(|r| r.map(Into::into))
+}
+
+#[derive(QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// Takes the room's next seq and stores the message, in the caller's transaction.
+///
+/// `UPDATE rooms SET last_seq = last_seq + 1 … RETURNING` locks the room row
+/// until commit, so senders to one room take turns: seqs are gapless (a
+/// rollback undoes the bump) and in commit order. `None` when the room does
+/// not exist.
+///
+/// # Errors
+/// A unique violation on `(author_id, client_id)` when a concurrent send with
+/// the same key committed first: roll back and read that one instead.
+pub async fn insert_next(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    author: &AuthorView,
+    body: &str,
+    client_id: Option<&str>,
+) -> Result<Option<MessageView>, Error> {
+    let inserted: Option<Inserted> = diesel::sql_query(
+        "WITH bumped AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING id, last_seq) \
+         INSERT INTO messages (room_id, seq, author_id, client_id, body, created_at) \
+         SELECT id, last_seq, $2, $3, $4, clock_timestamp() FROM bumped \
+         RETURNING id, seq, created_at",
+    )
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(author.id)
+    .bind::<Nullable<Text>, _>(client_id)
+    .bind::<Text, _>(body)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(inserted.map(|row| MessageView {
+        id: row.id,
+        room_id,
+        seq: row.seq,
+        author: author.clone(),
+        body: body.to_owned(),
+        client_id: client_id.map(str::to_owned),
+        created_at: row.created_at,
+    }))
+}
+
+/// Number of messages.
+pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
+    messages::table.count().get_result(conn).await
+}

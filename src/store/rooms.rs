@@ -1,0 +1,183 @@
+//! `rooms` and `room_members`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::domain::RoomView;
+use crate::schema::{room_members, rooms};
+
+#[derive(QueryableByName)]
+struct RoomRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    created_by: i64,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    member_count: i64,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+}
+
+impl From<RoomRow> for RoomView {
+    fn from(r: RoomRow) -> Self {
+        RoomView {
+            id: r.id,
+            name: r.name,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            member_count: r.member_count,
+            last_seq: r.last_seq,
+        }
+    }
+}
+
+const ROOM_SELECT: &str = "SELECT r.id, r.name, r.created_by, r.created_at, r.last_seq, \
+     (SELECT count(*) FROM room_members m WHERE m.room_id = r.id) AS member_count \
+     FROM rooms r";
+
+/// Creates a room with its creator and `member_ids` as members (ids that name
+/// no user are ignored: the caller validates them first when it cares).
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    created_by: i64,
+    member_ids: &[i64],
+) -> Result<RoomView, Error> {
+    let id: i64 = diesel::insert_into(rooms::table)
+        .values((rooms::name.eq(name), rooms::created_by.eq(created_by)))
+        .returning(rooms::id)
+        .get_result(conn)
+        .await?;
+    let mut members: Vec<i64> = member_ids.to_vec();
+    members.push(created_by);
+    diesel::sql_query(
+        "INSERT INTO room_members (room_id, user_id) \
+         SELECT $1, u.id FROM users u WHERE u.id = ANY($2) ON CONFLICT DO NOTHING",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Array<BigInt>, _>(&members)
+    .execute(conn)
+    .await?;
+    Ok(get(conn, id)
+        .await?
+        .expect("room inserted in this transaction"))
+}
+
+/// The room, with its member count.
+pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RoomView>, Error> {
+    diesel::sql_query(format!("{ROOM_SELECT} WHERE r.id = $1"))
+        .bind::<BigInt, _>(id)
+        .get_result::<RoomRow>(conn)
+        .await
+        .optional()
+        .map(|r| r.map(Into::into))
+}
+
+/// Rooms `user_id` belongs to, by id.
+pub async fn for_member(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+) -> Result<Vec<RoomView>, Error> {
+    diesel::sql_query(format!(
+        "{ROOM_SELECT} WHERE r.id IN (SELECT room_id FROM room_members WHERE user_id = $1) ORDER BY r.id"
+    ))
+    .bind::<BigInt, _>(user_id)
+    .load::<RoomRow>(conn)
+    .await
+    .map(|rows| rows.into_iter().map(Into::into).collect())
+}
+
+/// Every room, by id (the CRM view).
+pub async fn all(conn: &mut AsyncPgConnection) -> Result<Vec<RoomView>, Error> {
+    diesel::sql_query(format!("{ROOM_SELECT} ORDER BY r.id"))
+        .load::<RoomRow>(conn)
+        .await
+        .map(|rows| rows.into_iter().map(Into::into).collect())
+}
+
+/// Whether the room exists.
+pub async fn exists(conn: &mut AsyncPgConnection, room_id: i64) -> Result<bool, Error> {
+    diesel::select(diesel::dsl::exists(rooms::table.find(room_id)))
+        .get_result(conn)
+        .await
+}
+
+/// Whether `user_id` is a member of `room_id`.
+pub async fn is_member(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<bool, Error> {
+    diesel::select(diesel::dsl::exists(
+        room_members::table.find((room_id, user_id)),
+    ))
+    .get_result(conn)
+    .await
+}
+
+/// Adds a member; adding one twice is not an error.
+pub async fn add_member(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<(), Error> {
+    diesel::insert_into(room_members::table)
+        .values((
+            room_members::room_id.eq(room_id),
+            room_members::user_id.eq(user_id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Removes a member; returns whether they were one.
+pub async fn remove_member(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<bool, Error> {
+    let n = diesel::delete(room_members::table.find((room_id, user_id)))
+        .execute(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Number of rooms.
+pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
+    rooms::table.count().get_result(conn).await
+}
+
+/// Whether `user_id` may see `room_id`: the room exists and the user is a
+/// member, or (by their role as stored right now) an agent or admin. Reading
+/// the role here makes a role change apply at once, to open sockets too.
+pub async fn visible_to(
+    conn: &mut AsyncPgConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<bool, Error> {
+    #[derive(QueryableByName)]
+    struct Visible {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        visible: bool,
+    }
+    let row: Visible = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM rooms r WHERE r.id = $1 AND ( \
+           EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.role IN ('agent', 'admin')) \
+           OR EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2) \
+         )) AS visible",
+    )
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(user_id)
+    .get_result(conn)
+    .await?;
+    Ok(row.visible)
+}

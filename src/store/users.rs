@@ -1,0 +1,150 @@
+//! `users`: accounts and roles.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::domain::{Role, UserView};
+use crate::schema::users;
+
+/// A stored user, hash included: never serialise this, use [`UserRow::view`].
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    /// User id.
+    pub id: i64,
+    /// Login name.
+    pub username: String,
+    /// Shown name.
+    pub display_name: String,
+    /// Stored role name.
+    pub role: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    /// The role (the table's CHECK constraint admits only the three names).
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Member)
+    }
+
+    /// The SPEC's user object.
+    pub fn view(&self) -> UserView {
+        UserView {
+            id: self.id,
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            role: self.role(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A new account.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    /// Login name (already validated).
+    pub username: &'a str,
+    /// Shown name.
+    pub display_name: &'a str,
+    /// Role name.
+    pub role: &'a str,
+    /// Argon2id PHC string.
+    pub password_hash: &'a str,
+}
+
+/// Inserts a user.
+///
+/// # Errors
+/// A unique violation when the username is taken (see [`super::is_unique_violation`]).
+pub async fn insert(conn: &mut AsyncPgConnection, new: &NewUser<'_>) -> Result<UserRow, Error> {
+    diesel::insert_into(users::table)
+        .values(new)
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Looks a user up by username.
+pub async fn by_username(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+) -> Result<Option<UserRow>, Error> {
+    users::table
+        .filter(users::username.eq(name))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Looks a user up by id.
+pub async fn by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<UserRow>, Error> {
+    users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Users whose username starts with `prefix`, by username (an index range scan).
+pub async fn with_prefix(
+    conn: &mut AsyncPgConnection,
+    prefix: &str,
+    limit: i64,
+) -> Result<Vec<UserRow>, Error> {
+    let escaped: String = prefix
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    users::table
+        .filter(users::username.like(format!("{escaped}%")).escape('\\'))
+        .order(users::username.asc())
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Users with id above `after_id`, by id (keyset pagination).
+pub async fn after_id(
+    conn: &mut AsyncPgConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<UserRow>, Error> {
+    users::table
+        .filter(users::id.gt(after_id))
+        .order(users::id.asc())
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Changes a user's role; `None` when there is no such user.
+pub async fn set_role(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    role: Role,
+) -> Result<Option<UserRow>, Error> {
+    diesel::update(users::table.find(id))
+        .set(users::role.eq(role.as_str()))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Number of users.
+pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
+    users::table.count().get_result(conn).await
+}
