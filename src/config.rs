@@ -99,8 +99,11 @@ impl Settings {
     /// # Errors
     /// A [`ConfigError`] for the first invalid value.
     pub fn from_env(listen_flag: Option<&str>) -> Result<Self, ConfigError> {
-        // `.env` never overrides what the environment already has.
-        let _ = dotenvy::dotenv();
+        // `.env` in the working directory only, and it never overrides what
+        // the environment already has.
+        if std::path::Path::new(".env").is_file() {
+            let _ = dotenvy::from_path(".env");
+        }
         Self::from_lookup(listen_flag, |name| std::env::var(name).ok())
     }
 

@@ -137,7 +137,13 @@ impl Db {
         let started = Instant::now();
         let result = match tokio::time::timeout(limit, self.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(PoolError::Timeout(TimeoutType::Wait))) | Err(_) => Err(DbError::Busy),
+            Ok(Err(PoolError::Timeout(TimeoutType::Wait))) => Err(DbError::Busy),
+            // Out of time with room left in the pool: we were stuck opening a
+            // connection (an unreachable server), not waiting for a free one.
+            Err(_) if self.pool.status().size < self.pool.status().max_size => Err(
+                DbError::Unavailable("no connection could be opened within the wait limit".into()),
+            ),
+            Err(_) => Err(DbError::Busy),
             Ok(Err(PoolError::Closed)) => Err(DbError::ShuttingDown),
             Ok(Err(e)) => Err(DbError::Unavailable(e.to_string())),
         };
