@@ -25,6 +25,48 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect and clean up this database's connections.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user (e.g. the first admin); the password is read from stdin.
+    Add {
+        /// Login name: 3-32 characters of a-z, 0-9, _ . -
+        username: String,
+        /// member, agent or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::domain::Role,
+        /// Shown name (defaults to the username).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Read the password from the first line of stdin (required: passwords
+        /// never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// List this database's server connections (pid, application_name, state, since).
+    Connections,
+    /// Terminate connections of this database idle for longer than DURATION
+    /// (e.g. 10m), never this command's own.
+    Reap {
+        /// How long a connection must have been idle: 500ms, 90s, 10m, 1h, 1d.
+        #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+        idle_for: std::time::Duration,
+    },
+}
+
+fn parse_role(raw: &str) -> Result<crate::domain::Role, String> {
+    crate::domain::Role::parse(raw).map_err(|e| e.to_string())
 }
 
 /// Parses arguments and configuration, runs the command, and returns the exit
@@ -49,7 +91,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
+    let outcome = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings));
+    // Whatever is still running (a task stuck past the shutdown deadline) is
+    // abandoned rather than waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "chatpool failed");
@@ -78,6 +124,35 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     println!("migrations: applied {version}");
                 }
             }
+            Ok(())
+        }
+        Command::User(UserCommand::Add {
+            username,
+            role,
+            display_name,
+            password_stdin: _,
+        }) => {
+            let password = tokio::task::spawn_blocking(|| {
+                crate::manage::password_from(std::io::stdin().lock())
+            })
+            .await??;
+            let done = crate::manage::user_add(
+                &settings,
+                &username,
+                role,
+                display_name.as_deref(),
+                &password,
+            )
+            .await?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::Db(DbCommand::Connections) => {
+            print!("{}", crate::manage::db_connections(&settings).await?);
+            Ok(())
+        }
+        Command::Db(DbCommand::Reap { idle_for }) => {
+            print!("{}", crate::manage::db_reap(&settings, idle_for).await?);
             Ok(())
         }
     }

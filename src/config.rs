@@ -86,6 +86,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// WebSocket sessions held at once.
     pub max_sockets: usize,
+    /// Interval of the server's WebSocket pings (`CHATPOOL_HEARTBEAT_MS`,
+    /// default 30 s); a peer silent for three intervals is dropped.
+    pub heartbeat: Duration,
     /// Whether `POST /api/auth/register` is open to anyone.
     pub registration_open: bool,
     /// Log output format.
@@ -144,6 +147,10 @@ impl Settings {
             .map(|v| parse_positive("CHATPOOL_MAX_SOCKETS", &v))
             .transpose()?
             .unwrap_or(10_000) as usize;
+        let heartbeat = get("CHATPOOL_HEARTBEAT_MS")
+            .map(|v| parse_millis("CHATPOOL_HEARTBEAT_MS", &v))
+            .transpose()?
+            .unwrap_or(Duration::from_millis(30_000));
         let registration_open = get("CHATPOOL_REGISTRATION")
             .map(|v| match v.trim() {
                 "open" => Ok(true),
@@ -198,6 +205,7 @@ impl Settings {
             shutdown_timeout,
             data_dir,
             max_sockets,
+            heartbeat,
             registration_open,
             log_format,
         })
@@ -381,6 +389,7 @@ mod tests {
         assert_eq!(s.shutdown_timeout, Duration::from_millis(10_000));
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.max_sockets, 10_000);
+        assert_eq!(s.heartbeat, Duration::from_millis(30_000));
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(s.registration_open);
     }
@@ -453,6 +462,7 @@ mod tests {
             "CHATPOOL_TX_TIMEOUT_MS",
             "CHATPOOL_SHUTDOWN_TIMEOUT_MS",
             "CHATPOOL_MAX_SOCKETS",
+            "CHATPOOL_HEARTBEAT_MS",
         ] {
             for bad in ["-5", "0", "ten"] {
                 let e = settings(&[(var, bad)]).unwrap_err();

@@ -248,7 +248,7 @@ pub struct AuthorView {
 }
 
 /// The SPEC's message object.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MessageView {
     /// Message id.
     pub id: i64,

@@ -1,14 +1,126 @@
 //! The hub: fans committed messages and session events out to the sockets
 //! that should see them.
 //!
-//! Producers call it after a commit (the send path) or when a token is revoked
-//! (logout). It never touches the database and never waits on a socket.
+//! Producers call it after a commit (the send path; later also the
+//! cross-instance listener) or when a token is revoked (logout). It never
+//! touches the database and never waits on a socket: each session has a
+//! bounded queue ([`QUEUE_CAPACITY`] events) that the hub fills with
+//! `try_send`. A message that does not fit closes that session with 1013
+//! (the client resumes with `join` + `after_seq`); a typing event that does
+//! not fit is dropped. Every outgoing frame is serialised once and the same
+//! bytes are shared by every socket it goes to. Sessions drop seqs they have
+//! already delivered, so publishing a message twice (from any source) is
+//! harmless.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::MessageView;
+use crate::metrics as m;
+use crate::ws::protocol::{ServerFrame, TypingUser};
+
+/// Events a session's queue holds before it counts as a slow consumer.
+pub const QUEUE_CAPACITY: usize = 256;
+/// Typing events are only queued while the queue has at least this much room,
+/// so they are the first to go under pressure and never cause a 1013.
+const TYPING_HEADROOM: usize = QUEUE_CAPACITY / 2;
+/// How long a revoked token is remembered, so a session that authenticated
+/// just before the logout and registers just after it is still closed.
+const REVOKED_MEMORY: Duration = Duration::from_secs(300);
+/// At most this many recent revocations are remembered.
+const REVOKED_MAX: usize = 65_536;
+
+/// Why the hub closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its token was revoked (logout): close code 1008.
+    Revoked,
+    /// Its queue was full when a message had to go in: close code 1013.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The WebSocket close code and reason text.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::Revoked => (1008, "token revoked"),
+            CloseReason::SlowConsumer => (1013, "slow consumer"),
+        }
+    }
+}
+
+/// What the hub puts in a session's queue.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A committed message of a room the session subscribed to.
+    Message {
+        /// The room.
+        room_id: i64,
+        /// Its seq, for ordering and de-duplication.
+        seq: i64,
+        /// The encoded `message` frame, shared by every recipient.
+        frame: Utf8Bytes,
+    },
+    /// Someone else is typing in a subscribed room.
+    Typing {
+        /// The room.
+        room_id: i64,
+        /// The encoded `typing` frame, shared by every recipient.
+        frame: Utf8Bytes,
+    },
+}
+
+/// The hub's side of one session: its queue and its close signal.
+#[derive(Debug)]
+struct Link {
+    id: u64,
+    token_id: i64,
+    queue: mpsc::Sender<Event>,
+    close: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Link {
+    fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.close.cancel();
+    }
+}
+
+/// Counters the hub keeps about itself (tests and `/api/admin/stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Sessions registered right now.
+    pub sessions: usize,
+    /// Sessions closed with 1013 since start.
+    pub slow_consumer_closes: u64,
+    /// Most events ever waiting in one session's queue (never above [`QUEUE_CAPACITY`]).
+    pub queue_high_water: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: RwLock<HashMap<i64, HashMap<u64, Arc<Link>>>>,
+    tokens: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
+    revoked: Mutex<VecDeque<(Instant, i64)>>,
+    next_id: AtomicU64,
+    admitted: AtomicUsize,
+    registered: AtomicUsize,
+    slow_closes: AtomicU64,
+    high_water: AtomicUsize,
+}
 
 /// Shared fan-out point; cheap to clone.
 #[derive(Clone, Default)]
-pub struct Hub {}
+pub struct Hub {
+    inner: Arc<Inner>,
+}
 
 impl Hub {
     /// An empty hub.
@@ -16,13 +128,344 @@ impl Hub {
         Self::default()
     }
 
-    /// Delivers a committed message to every socket joined to its room.
+    /// Delivers a committed message to every socket joined to its room: the
+    /// single entry point for committed messages, whatever their source.
+    /// Encodes the `message` frame once; never blocks.
     pub fn publish_message(&self, message: &MessageView) {
-        tracing::trace!(room_id = message.room_id, seq = message.seq, "published");
+        let rooms = self.inner.rooms.read().expect("hub lock");
+        let Some(subscribers) = rooms.get(&message.room_id) else {
+            return;
+        };
+        let frame = ServerFrame::Message { message }.encode();
+        for link in subscribers.values() {
+            let event = Event::Message {
+                room_id: message.room_id,
+                seq: message.seq,
+                frame: frame.clone(),
+            };
+            match link.queue.try_send(event) {
+                Ok(()) => self.note_depth(link),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if link.reason.get().is_none() {
+                        self.inner.slow_closes.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(session = link.id, "slow consumer: closing with 1013");
+                    }
+                    link.close(CloseReason::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Tells the room's other subscribers that `user` is typing. Dropped for a
+    /// session whose queue is more than half full.
+    pub fn publish_typing(&self, room_id: i64, from_session: u64, user_id: i64, username: &str) {
+        let rooms = self.inner.rooms.read().expect("hub lock");
+        let Some(subscribers) = rooms.get(&room_id) else {
+            return;
+        };
+        if subscribers.len() < 2 {
+            return;
+        }
+        let frame = ServerFrame::Typing {
+            room_id,
+            user: TypingUser {
+                id: user_id,
+                username,
+            },
+        }
+        .encode();
+        for link in subscribers.values() {
+            if link.id == from_session || link.queue.capacity() < TYPING_HEADROOM {
+                continue;
+            }
+            let event = Event::Typing {
+                room_id,
+                frame: frame.clone(),
+            };
+            if link.queue.try_send(event).is_ok() {
+                self.note_depth(link);
+            }
+        }
     }
 
     /// Closes every socket authenticated by `token_id` (close code 1008).
     pub fn revoke_token(&self, token_id: i64) {
-        tracing::trace!(token_id, "token revoked");
+        {
+            let mut revoked = self.inner.revoked.lock().expect("hub lock");
+            let now = Instant::now();
+            while revoked
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > REVOKED_MEMORY)
+                || revoked.len() >= REVOKED_MAX
+            {
+                revoked.pop_front();
+            }
+            revoked.push_back((now, token_id));
+        }
+        let tokens = self.inner.tokens.lock().expect("hub lock");
+        if let Some(links) = tokens.get(&token_id) {
+            for link in links.values() {
+                link.close(CloseReason::Revoked);
+            }
+            tracing::info!(
+                token_id,
+                sockets = links.len(),
+                "token revoked: closing its sockets"
+            );
+        }
+    }
+
+    /// Reserves one of `max` session slots, or `None` when all are taken. The
+    /// slot is freed when the returned guard drops.
+    pub fn admit(&self, max: usize) -> Option<Admission> {
+        let admitted = &self.inner.admitted;
+        let mut current = admitted.load(Ordering::Relaxed);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match admitted.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Admission { hub: self.clone() }),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Registers a session authenticated by `token_id`: its queue and its
+    /// close signal. Fails when the token was revoked in the meantime.
+    pub fn register(&self, token_id: i64) -> Option<Registration> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let link = Arc::new(Link {
+            id,
+            token_id,
+            queue: tx,
+            close: CancellationToken::new(),
+            reason: OnceLock::new(),
+        });
+        {
+            // Checked under the tokens lock: a revoke either sees this link or
+            // has already recorded the token.
+            let mut tokens = self.inner.tokens.lock().expect("hub lock");
+            let revoked = self.inner.revoked.lock().expect("hub lock");
+            if revoked.iter().any(|(_, t)| *t == token_id) {
+                return None;
+            }
+            drop(revoked);
+            tokens.entry(token_id).or_default().insert(id, link.clone());
+        }
+        self.inner.registered.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(m::WS_SESSIONS).increment(1.0);
+        Some(Registration {
+            hub: self.clone(),
+            link,
+            rooms: Vec::new(),
+            queue: rx,
+        })
+    }
+
+    /// Counters for tests and stats.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            sessions: self.inner.registered.load(Ordering::Relaxed),
+            slow_consumer_closes: self.inner.slow_closes.load(Ordering::Relaxed),
+            queue_high_water: self.inner.high_water.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Open WebSocket sessions of this process.
+    pub fn session_count(&self) -> usize {
+        self.inner.registered.load(Ordering::Relaxed)
+    }
+
+    fn note_depth(&self, link: &Link) {
+        let depth = link.queue.max_capacity() - link.queue.capacity();
+        self.inner.high_water.fetch_max(depth, Ordering::Relaxed);
+    }
+}
+
+/// One of the `CHATPOOL_MAX_SOCKETS` slots, held from the upgrade request
+/// until the session ends, so upgrades in progress count too.
+pub struct Admission {
+    hub: Hub,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.inner.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A session's membership in the hub: its queue, its close signal and the
+/// rooms it subscribed to. The guard of the `chatpool_ws_sessions` gauge:
+/// dropping it unsubscribes everything and decrements the gauge.
+pub struct Registration {
+    hub: Hub,
+    link: Arc<Link>,
+    rooms: Vec<i64>,
+    /// Events for this session, in publish order.
+    pub queue: mpsc::Receiver<Event>,
+}
+
+impl Registration {
+    /// This session's id (typing events skip their sender).
+    pub fn id(&self) -> u64 {
+        self.link.id
+    }
+
+    /// Cancelled when the hub closes this session (then see [`Self::close_reason`]).
+    pub fn close_signal(&self) -> CancellationToken {
+        self.link.close.clone()
+    }
+
+    /// Why the hub closed this session, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.link.reason.get().copied()
+    }
+
+    /// Starts queueing the room's events for this session (idempotent).
+    pub fn subscribe(&mut self, room_id: i64) {
+        if self.rooms.contains(&room_id) {
+            return;
+        }
+        self.hub
+            .inner
+            .rooms
+            .write()
+            .expect("hub lock")
+            .entry(room_id)
+            .or_default()
+            .insert(self.link.id, self.link.clone());
+        self.rooms.push(room_id);
+    }
+
+    /// Stops queueing the room's events (events already queued stay).
+    pub fn unsubscribe(&mut self, room_id: i64) {
+        let Some(at) = self.rooms.iter().position(|r| *r == room_id) else {
+            return;
+        };
+        self.rooms.swap_remove(at);
+        let mut rooms = self.hub.inner.rooms.write().expect("hub lock");
+        if let Some(subscribers) = rooms.get_mut(&room_id) {
+            subscribers.remove(&self.link.id);
+            if subscribers.is_empty() {
+                rooms.remove(&room_id);
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.rooms.is_empty() {
+            let mut rooms = self.hub.inner.rooms.write().expect("hub lock");
+            for room_id in self.rooms.drain(..) {
+                if let Some(subscribers) = rooms.get_mut(&room_id) {
+                    subscribers.remove(&self.link.id);
+                    if subscribers.is_empty() {
+                        rooms.remove(&room_id);
+                    }
+                }
+            }
+        }
+        let mut tokens = self.hub.inner.tokens.lock().expect("hub lock");
+        if let Some(links) = tokens.get_mut(&self.link.token_id) {
+            links.remove(&self.link.id);
+            if links.is_empty() {
+                tokens.remove(&self.link.token_id);
+            }
+        }
+        self.hub.inner.registered.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(m::WS_SESSIONS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AuthorView;
+
+    fn message(room_id: i64, seq: i64) -> MessageView {
+        MessageView {
+            id: seq,
+            room_id,
+            seq,
+            author: AuthorView {
+                id: 1,
+                username: "ann".into(),
+                display_name: "Ann".into(),
+            },
+            body: "hi".into(),
+            client_id: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn one_encoding_is_shared_by_every_subscriber() {
+        let hub = Hub::new();
+        let mut a = hub.register(1).unwrap();
+        let mut b = hub.register(2).unwrap();
+        a.subscribe(7);
+        b.subscribe(7);
+        hub.publish_message(&message(7, 1));
+        hub.publish_message(&message(8, 1));
+        let (Ok(Event::Message { frame: fa, .. }), Ok(Event::Message { frame: fb, .. })) =
+            (a.queue.try_recv(), b.queue.try_recv())
+        else {
+            panic!("both got the message")
+        };
+        assert_eq!(fa.as_str().as_ptr(), fb.as_str().as_ptr(), "same bytes");
+        assert!(a.queue.try_recv().is_err(), "room 8 is not subscribed");
+    }
+
+    #[test]
+    fn a_full_queue_closes_with_1013_and_typing_is_dropped_first() {
+        let hub = Hub::new();
+        let mut slow = hub.register(1).unwrap();
+        let mut typist = hub.register(2).unwrap();
+        slow.subscribe(1);
+        typist.subscribe(1);
+        for seq in 1..=(QUEUE_CAPACITY as i64 - TYPING_HEADROOM as i64 + 1) {
+            hub.publish_message(&message(1, seq));
+        }
+        hub.publish_typing(1, typist.id(), 2, "bob");
+        let typing = std::iter::from_fn(|| slow.queue.try_recv().ok())
+            .filter(|e| matches!(e, Event::Typing { .. }))
+            .count();
+        assert_eq!(typing, 0, "typing dropped under pressure");
+        for seq in 1..=(QUEUE_CAPACITY as i64 + 1) {
+            hub.publish_message(&message(1, seq));
+        }
+        assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+        assert!(hub.stats().queue_high_water <= QUEUE_CAPACITY);
+    }
+
+    #[test]
+    fn revocation_closes_current_and_refuses_late_sessions() {
+        let hub = Hub::new();
+        let a = hub.register(5).unwrap();
+        let other = hub.register(6).unwrap();
+        hub.revoke_token(5);
+        assert_eq!(a.close_reason(), Some(CloseReason::Revoked));
+        assert_eq!(other.close_reason(), None);
+        assert!(hub.register(5).is_none());
+        drop((a, other));
+        assert_eq!(hub.session_count(), 0);
+    }
+
+    #[test]
+    fn admission_is_bounded() {
+        let hub = Hub::new();
+        let first = hub.admit(1).unwrap();
+        assert!(hub.admit(1).is_none());
+        drop(first);
+        assert!(hub.admit(1).is_some());
     }
 }

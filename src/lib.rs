@@ -11,8 +11,10 @@
 //!   [`store`]: the queries; [`auth`]: tokens, passwords, the caller.
 //! - [`chat`]: the one send path; [`hub`]: fan-out to sockets.
 //! - [`http`]: the HTTP API; [`error`]: the error every client sees.
+//! - [`ws`]: the WebSocket protocol (upgrade, sessions, frames).
 //! - [`shutdown`]: signals and the shutdown token/tracker.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
+//! - [`ratelimit`]: failed-login throttling; [`manage`]: the operator commands.
 
 pub mod auth;
 pub mod chat;
@@ -24,10 +26,13 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod manage;
 pub mod metrics;
+pub mod ratelimit;
 pub mod schema;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod ws;

@@ -1,8 +1,9 @@
 //! Shutdown coordination: one token every long-lived task watches, one
 //! tracker every task registers with, and the OS signals that start it all.
 //!
-//! The sequence itself (stop accepting → close sockets → drain HTTP → close
-//! the pool → stop embedded PostgreSQL) is driven by
+//! The sequence itself (refuse new work and fail readiness → close sockets
+//! (1001) → drain in-flight HTTP → stop accepting → close the pool → stop
+//! embedded PostgreSQL) is driven by
 //! [`crate::startup::Application::run_until_stopped`].
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    requests: TaskTracker,
 }
 
 impl Shutdown {
@@ -46,9 +48,14 @@ impl Shutdown {
     }
 
     /// The tracker for tasks shutdown must wait for (WebSocket sessions,
-    /// background jobs): axum's graceful shutdown does not see upgraded sockets.
+    /// background jobs): the HTTP server does not see upgraded sockets.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    /// In-flight HTTP requests (see [`crate::http::server::drain_gate`]).
+    pub fn requests(&self) -> &TaskTracker {
+        &self.requests
     }
 }
 

@@ -6,9 +6,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseSource, Settings};
 use crate::db::{migrations, Db, PoolSettings};
@@ -131,14 +133,22 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `stop` resolves, then shuts down in order: stop accepting
-    /// and fail readiness; close WebSocket sessions; let in-flight HTTP requests
-    /// finish; close the pool; stop the embedded cluster. The whole sequence is
-    /// bounded by `CHATPOOL_SHUTDOWN_TIMEOUT_MS`.
+    /// Serves until `stop` resolves (or [`crate::shutdown::Shutdown::trigger`]
+    /// is called), then shuts down in order:
+    ///
+    /// 1. refuse new work: `/readyz` and every new request answer 503
+    ///    `shutting_down`, new upgrades included;
+    /// 2. WebSocket sessions finish the frame in hand, send Close 1001 and end;
+    ///    background tasks end;
+    /// 3. in-flight HTTP requests finish with their normal response;
+    /// 4. the listener and idle keep-alive connections close;
+    /// 5. the pool closes; then the embedded cluster, if any, stops.
+    ///
+    /// All of it within `CHATPOOL_SHUTDOWN_TIMEOUT_MS`.
     ///
     /// # Errors
-    /// When serving fails or the shutdown overran its deadline (after the pool
-    /// was closed regardless).
+    /// When the drain overran the deadline: what was still open is logged,
+    /// the pool is closed regardless, and the caller should exit non-zero.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -150,54 +160,63 @@ impl Application {
             database,
         } = self;
         let shutdown = state.shutdown().clone();
-        let deadline = state.settings().shutdown_timeout;
         let router = crate::http::router(state.clone());
-
-        let token = shutdown.token();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        });
+        let close_http = CancellationToken::new();
+        let mut server = tokio::spawn(crate::http::server::serve(
+            listener,
+            router,
+            close_http.clone(),
+        ));
         tracing::info!("listening on http://{addr}");
 
-        let trigger = shutdown.clone();
         tokio::select! {
             () = stop => {}
-            () = trigger.cancelled() => {}
+            () = shutdown.cancelled() => {}
         }
-        tracing::info!("shutdown started: no new connections, readiness off");
+        let deadline = Instant::now() + state.settings().shutdown_timeout;
         shutdown.trigger();
+        tracing::info!("shutdown started: readiness off, new requests and upgrades refused");
 
+        // Leave a share of the deadline for closing the pool and stopping the
+        // embedded cluster.
+        let reserve = (state.settings().shutdown_timeout / 5).min(Duration::from_secs(3));
         let drain = async {
             shutdown.tracker().close();
             shutdown.tracker().wait().await;
-            tracing::info!("background tasks and sockets closed");
-            let served = server.await;
+            tracing::info!("WebSocket sessions and background tasks finished");
+            shutdown.requests().close();
+            shutdown.requests().wait().await;
             tracing::info!("in-flight HTTP requests finished");
-            served
+            close_http.cancel();
+            let _ = (&mut server).await;
+            tracing::info!("stopped accepting connections");
         };
-        let outcome = tokio::time::timeout(deadline, drain).await;
-        database.close().await;
-        match outcome {
-            Ok(Ok(Ok(()))) => {
+        let drained = tokio::time::timeout_at((deadline - reserve).into(), drain)
+            .await
+            .is_ok();
+        if !drained {
+            tracing::error!(
+                sessions_and_tasks = shutdown.tracker().len(),
+                http_requests = shutdown.requests().len(),
+                "shutdown deadline reached with work still open; closing it by force"
+            );
+            close_http.cancel();
+            server.abort();
+        }
+
+        let closed = tokio::time::timeout_at(deadline.into(), database.close()).await;
+        match (drained, closed.is_ok()) {
+            (true, true) => {
                 tracing::info!("shutdown complete");
                 Ok(())
             }
-            Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("HTTP server failed")),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("HTTP server task panicked")),
-            Err(_) => {
-                let open = shutdown.tracker().len();
-                tracing::error!(
-                    deadline_ms = deadline.as_millis() as u64,
-                    open_tasks = open,
-                    "shutdown overran its deadline; forced closed"
-                );
-                Err(anyhow::anyhow!(
-                    "shutdown overran its deadline of {} ms with {open} tasks still open",
-                    deadline.as_millis()
-                ))
-            }
+            (_, false) => Err(anyhow::anyhow!(
+                "shutdown overran its deadline while stopping the database"
+            )),
+            (false, true) => Err(anyhow::anyhow!(
+                "shutdown overran its deadline of {} ms; open work was closed by force",
+                state.settings().shutdown_timeout.as_millis()
+            )),
         }
     }
 }

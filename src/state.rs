@@ -6,6 +6,7 @@ use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::ratelimit::LoginLimiter;
 use crate::shutdown::Shutdown;
 
 /// Built once at startup and cloned (cheaply) into the router and every session.
@@ -21,6 +22,7 @@ struct Inner {
     shutdown: Shutdown,
     hub: Hub,
     passwords: Passwords,
+    login_limiter: LoginLimiter,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
                 shutdown,
                 hub: Hub::new(),
                 passwords: Passwords::new(cores),
+                login_limiter: LoginLimiter::default(),
             }),
         }
     }
@@ -63,5 +66,10 @@ impl AppState {
     /// Password hashing, bounded in concurrency.
     pub fn passwords(&self) -> &Passwords {
         &self.inner.passwords
+    }
+
+    /// Failed-login counters of this instance (429 `rate_limited`).
+    pub fn login_limiter(&self) -> &LoginLimiter {
+        &self.inner.login_limiter
     }
 }

@@ -3,7 +3,12 @@
 //! Every error, including unknown routes and rejected bodies, leaves in the
 //! SPEC's `{"error": {"code", "message"}}` shape.
 
+mod accounts;
+mod admin;
+mod extract;
 mod ops;
+mod rooms;
+pub mod server;
 
 use std::time::Instant;
 
@@ -14,6 +19,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::routing::{delete, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
@@ -31,9 +37,34 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/api/auth/register", post(accounts::register))
+        .route("/api/auth/login", post(accounts::login))
+        .route("/api/auth/logout", post(accounts::logout))
+        .route("/api/me", get(accounts::me))
+        .route("/api/users", get(accounts::users))
+        .route("/api/rooms", post(rooms::create).get(rooms::list))
+        .route("/api/rooms/{id}", get(rooms::get))
+        .route("/api/rooms/{id}/members", post(rooms::add_member))
+        .route(
+            "/api/rooms/{id}/members/{user_id}",
+            delete(rooms::remove_member),
+        )
+        .route(
+            "/api/rooms/{id}/messages",
+            get(rooms::history).post(rooms::send),
+        )
+        .route("/api/admin/users", get(admin::users))
+        .route("/api/admin/users/{id}", patch(admin::patch_user))
+        .route("/api/admin/stats", get(admin::stats))
+        .route("/api/admin/connections", get(admin::connections))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            server::drain_gate,
+        ))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

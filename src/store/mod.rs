@@ -1,6 +1,8 @@
 //! Queries, one module per table group. Every function takes the connection
 //! it runs on, so callers compose several inside one [`crate::db::Db::transaction`].
 
+pub mod activity;
+pub mod events;
 pub mod messages;
 pub mod rooms;
 pub mod tokens;

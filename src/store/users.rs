@@ -148,3 +148,12 @@ pub async fn set_role(
 pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
     users::table.count().get_result(conn).await
 }
+
+/// How many of `ids` (distinct) name an existing user.
+pub async fn count_existing(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<i64, Error> {
+    users::table
+        .filter(users::id.eq_any(ids))
+        .count()
+        .get_result(conn)
+        .await
+}

@@ -370,8 +370,34 @@ async fn serve_without_database_url_runs_on_an_embedded_cluster_that_keeps_its_d
             .unwrap();
         assert!(status.success());
         assert!(!data_dir.join("postgres/postmaster.pid").exists());
+        assert!(
+            !postgres_running_in(&data_dir),
+            "a postgres process still runs for {}",
+            data_dir.display()
+        );
     })
     .await;
+}
+
+/// Whether any process's command line or working directory names `dir`
+/// (a postmaster runs with its data directory as working directory).
+fn postgres_running_in(dir: &std::path::Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let is_postgres = String::from_utf8_lossy(&cmdline).contains("postgres");
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            is_postgres && cwd.starts_with(&dir)
+        })
 }
 
 /// When tests run as root, the cluster runs as an unprivileged user that must

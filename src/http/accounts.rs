@@ -1,0 +1,232 @@
+//! Accounts: register, login, logout, the caller, and the user directory.
+//!
+//! Password hashing never runs inside a transaction: a transaction holds a
+//! pooled connection, and argon2 takes tens of milliseconds of CPU.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use super::extract::ClientAddr;
+use super::{Json, Query};
+use crate::auth::{new_token, AuthUser};
+use crate::domain::{DisplayName, Password, Role, UserView, Username};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store;
+use crate::store::events::Event;
+use crate::store::users::NewUser;
+
+/// `POST /api/auth/register` body.
+#[derive(Debug, Deserialize)]
+pub struct RegisterRequest {
+    username: String,
+    password: String,
+    display_name: Option<String>,
+}
+
+/// `POST /api/auth/login` body.
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// A new token (shown only here) and its user.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    token: String,
+    user: UserView,
+}
+
+/// `POST /api/auth/register`: creates a member and logs them in (201).
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state.settings().registration_open {
+        return Err(ApiError::Forbidden("registration is closed".into()));
+    }
+    let username = Username::parse(&body.username)?;
+    let password = Password::parse(&body.password)?;
+    let display_name = match body.display_name.as_deref() {
+        Some(raw) => DisplayName::parse(raw)?,
+        None => DisplayName::parse(username.as_str())?,
+    };
+    let hash = state.passwords().hash(password).await?;
+    let (token, token_hash) = new_token();
+    let user = state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                let new = NewUser {
+                    username: username.as_str(),
+                    display_name: display_name.as_str(),
+                    role: Role::Member.as_str(),
+                    password_hash: &hash,
+                };
+                let user = match store::users::insert(conn, &new).await {
+                    Ok(user) => user,
+                    Err(e) if store::is_unique_violation(&e) => {
+                        return Err(ApiError::Conflict("username is taken".into()))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                store::tokens::insert(conn, user.id, &token_hash).await?;
+                Ok(user.view())
+            }
+            .boxed()
+        })
+        .await?;
+    tracing::info!(user_id = user.id, "user registered");
+    Ok((StatusCode::CREATED, Json(TokenResponse { token, user })))
+}
+
+/// `POST /api/auth/login`: a new token for a correct username and password.
+///
+/// Failures are counted per username and per client address; past the limit
+/// the answer is 429 before any work is done. A username or password that
+/// could never be valid is a failed login, not a 400, so the rules of the
+/// day do not lock out older accounts or tell an attacker anything.
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    Json(body): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let limiter = state.login_limiter();
+    let valid_name = Username::parse(&body.username).ok();
+    let key = valid_name.as_ref().map(Username::as_str);
+    limiter.check(key, addr).map_err(ApiError::RateLimited)?;
+    let fail = |key: Option<&str>| {
+        limiter.failed(key, addr);
+        tracing::info!("login failed");
+        ApiError::InvalidCredentials
+    };
+    let (Some(username), Ok(password)) = (valid_name.clone(), Password::parse(&body.password))
+    else {
+        return Err(fail(key));
+    };
+    let name = username.as_str().to_owned();
+    let user = state
+        .db()
+        .transaction(move |conn| {
+            async move { Ok::<_, ApiError>(store::users::by_username(conn, &name).await?) }.boxed()
+        })
+        .await?;
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let matches = state.passwords().verify(password, stored).await?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(fail(Some(username.as_str()))),
+    };
+    let (token, token_hash) = new_token();
+    let user_id = user.id;
+    state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                Ok::<_, ApiError>(store::tokens::insert(conn, user_id, &token_hash).await?)
+            }
+            .boxed()
+        })
+        .await?;
+    limiter.succeeded(username.as_str());
+    tracing::info!(user_id, "logged in");
+    Ok(Json(TokenResponse {
+        token,
+        user: user.view(),
+    }))
+}
+
+/// `POST /api/auth/logout`: deletes the caller's token and closes its
+/// sockets on every instance.
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
+pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    let token_id = user.token_id;
+    state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                store::tokens::delete(conn, token_id).await?;
+                // Delivered to every instance's listener once this commits.
+                store::events::notify(conn, &Event::Revoked { token_id }).await?;
+                Ok::<_, ApiError>(())
+            }
+            .boxed()
+        })
+        .await?;
+    // This instance's sockets close now, without waiting for the round trip.
+    state.hub().revoke_token(token_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/me`: the caller's user object.
+pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserView>, ApiError> {
+    let id = user.id;
+    let found = state
+        .db()
+        .transaction(move |conn| {
+            async move { Ok::<_, ApiError>(store::users::by_id(conn, id).await?) }.boxed()
+        })
+        .await?;
+    // The token was valid a moment ago; the user was deleted since.
+    found.map(|u| Json(u.view())).ok_or(ApiError::Unauthorized)
+}
+
+/// `GET /api/users` query.
+#[derive(Debug, Deserialize)]
+pub struct UsersQuery {
+    prefix: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A list of users.
+#[derive(Debug, Serialize)]
+pub struct UsersResponse {
+    /// The users, in the endpoint's order.
+    pub users: Vec<UserView>,
+}
+
+/// Default and largest page of `GET /api/users`.
+const USERS_LIMIT: (i64, i64) = (20, 100);
+
+/// `GET /api/users?prefix=P&limit=N`: users whose username starts with `P`
+/// (lowercased; empty or absent = everyone), by username, at most N.
+pub async fn users(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    Query(q): Query<UsersQuery>,
+) -> Result<Json<UsersResponse>, ApiError> {
+    let limit = limit_in(q.limit, USERS_LIMIT)?;
+    let prefix = q.prefix.unwrap_or_default().trim().to_lowercase();
+    if prefix.chars().count() > 32 {
+        return Err(ApiError::BadRequest(
+            "prefix must be at most 32 characters".into(),
+        ));
+    }
+    let users = state
+        .db()
+        .transaction(move |conn| {
+            async move { Ok::<_, ApiError>(store::users::with_prefix(conn, &prefix, limit).await?) }
+                .boxed()
+        })
+        .await?;
+    Ok(Json(UsersResponse {
+        users: users.iter().map(|u| u.view()).collect(),
+    }))
+}
+
+/// `limit` checked against `(default, max)`: 1 ≤ limit ≤ max.
+pub(super) fn limit_in(limit: Option<i64>, (default, max): (i64, i64)) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {max}"
+        ))),
+    }
+}

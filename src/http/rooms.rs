@@ -1,0 +1,314 @@
+//! Rooms, members and messages.
+//!
+//! A room the caller may not see answers 404 exactly like a room that does
+//! not exist, so ids leak nothing. Visibility is read fresh in the same
+//! transaction as the work (`store::rooms::visible_to`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use super::accounts::limit_in;
+use super::extract::Path;
+use super::{Json, Query};
+use crate::auth::AuthUser;
+use crate::chat;
+use crate::domain::{ClientId, MessageBody, MessageView, RoomName, RoomView};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store;
+use crate::store::messages::Cursor;
+
+/// Most `member_ids` a room may be created with in one request.
+const MAX_INITIAL_MEMBERS: usize = 1000;
+
+fn no_room() -> ApiError {
+    ApiError::NotFound("no such room".into())
+}
+
+/// `POST /api/rooms` body.
+#[derive(Debug, Deserialize)]
+pub struct CreateRoomRequest {
+    name: String,
+    #[serde(default)]
+    member_ids: Vec<i64>,
+}
+
+/// `POST /api/rooms`: a new room with the caller and `member_ids` as members.
+/// Unknown member ids are a 400: the client named someone who is not there.
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<CreateRoomRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = RoomName::parse(&body.name)?;
+    let mut member_ids = body.member_ids;
+    member_ids.sort_unstable();
+    member_ids.dedup();
+    if member_ids.len() > MAX_INITIAL_MEMBERS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_INITIAL_MEMBERS} member_ids"
+        )));
+    }
+    let creator = user.id;
+    let room = state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                let known = store::users::count_existing(conn, &member_ids).await?;
+                if known != member_ids.len() as i64 {
+                    return Err(ApiError::BadRequest(
+                        "member_ids names a user that does not exist".into(),
+                    ));
+                }
+                Ok(store::rooms::create(conn, name.as_str(), creator, &member_ids).await?)
+            }
+            .boxed()
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+/// `GET /api/rooms` query.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    scope: Option<String>,
+}
+
+/// A list of rooms.
+#[derive(Debug, Serialize)]
+pub struct RoomsResponse {
+    /// The rooms, by id.
+    pub rooms: Vec<RoomView>,
+}
+
+/// `GET /api/rooms`: the caller's rooms, or with `scope=all` (agents and
+/// admins) every room. `scope=mine` is the explicit default.
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<RoomsResponse>, ApiError> {
+    let all = match q.scope.as_deref() {
+        None | Some("mine") => false,
+        Some("all") if user.role.sees_every_room() => true,
+        Some("all") => {
+            return Err(ApiError::Forbidden(
+                "scope=all is for agents and admins".into(),
+            ))
+        }
+        Some(_) => return Err(ApiError::BadRequest("scope must be all or mine".into())),
+    };
+    let id = user.id;
+    let rooms = state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                Ok::<_, ApiError>(if all {
+                    store::rooms::all(conn).await?
+                } else {
+                    store::rooms::for_member(conn, id).await?
+                })
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(Json(RoomsResponse { rooms }))
+}
+
+/// `GET /api/rooms/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(room_id): Path<i64>,
+) -> Result<Json<RoomView>, ApiError> {
+    let caller = user.id;
+    let room = state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                if !store::rooms::visible_to(conn, room_id, caller).await? {
+                    return Err(no_room());
+                }
+                store::rooms::get(conn, room_id).await?.ok_or_else(no_room)
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(Json(room))
+}
+
+/// `POST /api/rooms/{id}/members` body.
+#[derive(Debug, Deserialize)]
+pub struct AddMemberRequest {
+    user_id: i64,
+}
+
+/// `POST /api/rooms/{id}/members`: anyone who sees the room may add any
+/// existing user (404 for an unknown one); adding a member twice is a no-op.
+#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(room_id): Path<i64>,
+    Json(body): Json<AddMemberRequest>,
+) -> Result<StatusCode, ApiError> {
+    let caller = user.id;
+    let member = body.user_id;
+    state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                if !store::rooms::visible_to(conn, room_id, caller).await? {
+                    return Err(no_room());
+                }
+                if store::users::by_id(conn, member).await?.is_none() {
+                    return Err(ApiError::NotFound("no such user".into()));
+                }
+                Ok(store::rooms::add_member(conn, room_id, member).await?)
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/rooms/{id}/members/{user_id}`: a user may leave; agents and
+/// admins may remove anyone. Removing a user who is not a member is a no-op
+/// (204), so a retried DELETE succeeds; an unknown user is 404.
+#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((room_id, member)): Path<(i64, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let caller = user.id;
+    let may_remove_others = user.role.sees_every_room();
+    state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                if !store::rooms::visible_to(conn, room_id, caller).await? {
+                    return Err(no_room());
+                }
+                if member != caller && !may_remove_others {
+                    return Err(ApiError::Forbidden(
+                        "only agents and admins remove other members".into(),
+                    ));
+                }
+                if member != caller && store::users::by_id(conn, member).await?.is_none() {
+                    return Err(ApiError::NotFound("no such user".into()));
+                }
+                store::rooms::remove_member(conn, room_id, member).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/rooms/{id}/messages` query. Cursors are parsed as integers by
+/// the extractor (a non-integer is 400) and range-checked here.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    after_seq: Option<i64>,
+    before_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// A page of history.
+#[derive(Debug, Serialize)]
+pub struct HistoryResponse {
+    /// Ascending by seq.
+    pub messages: Vec<MessageView>,
+    /// Whether more exist beyond the page in the paging direction.
+    pub has_more: bool,
+    /// The room's latest seq when the page was read (at least every seq in it).
+    pub last_seq: i64,
+}
+
+/// Default and largest page of history.
+const HISTORY_LIMIT: (i64, i64) = (50, 200);
+
+impl HistoryQuery {
+    fn cursor(&self) -> Result<Cursor, ApiError> {
+        match (self.after_seq, self.before_seq) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "give after_seq or before_seq, not both".into(),
+            )),
+            (Some(n), None) | (None, Some(n)) if n < 0 => Err(ApiError::BadRequest(
+                "after_seq and before_seq must not be negative".into(),
+            )),
+            (Some(n), None) => Ok(Cursor::After(n)),
+            (None, Some(n)) => Ok(Cursor::Before(n)),
+            (None, None) => Ok(Cursor::Latest),
+        }
+    }
+}
+
+/// `GET /api/rooms/{id}/messages`: a page of history, served by the
+/// `(room_id, seq)` index.
+pub async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(room_id): Path<i64>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let cursor = q.cursor()?;
+    let limit = limit_in(q.limit, HISTORY_LIMIT)?;
+    let caller = user.id;
+    let page = state
+        .db()
+        .transaction(move |conn| {
+            async move {
+                if !store::rooms::visible_to(conn, room_id, caller).await? {
+                    return Err(no_room());
+                }
+                let (messages, has_more) =
+                    store::messages::page(conn, room_id, cursor, limit).await?;
+                // Read after the page, so last_seq is never below a seq in it.
+                let room = store::rooms::get(conn, room_id)
+                    .await?
+                    .ok_or_else(no_room)?;
+                Ok(HistoryResponse {
+                    messages,
+                    has_more,
+                    last_seq: room.last_seq,
+                })
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+/// `POST /api/rooms/{id}/messages` body.
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    body: String,
+    client_id: Option<String>,
+}
+
+/// `POST /api/rooms/{id}/messages`: 201 with the new message, or 200 with the
+/// original when the author already sent this `client_id`.
+#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+pub async fn send(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(room_id): Path<i64>,
+    Json(req): Json<SendRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = MessageBody::parse(&req.body)?;
+    let client_id = req.client_id.as_deref().map(ClientId::parse).transpose()?;
+    let sent = chat::send_message(&state, &user, room_id, body, client_id).await?;
+    let status = if sent.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sent.message)))
+}

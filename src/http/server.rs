@@ -1,0 +1,103 @@
+//! The accept loop and the drain gate.
+//!
+//! chatpool runs its own hyper accept loop instead of `axum::serve` so that
+//! shutdown can be staged: once shutdown starts, the port still answers, but
+//! every new request gets 503 `shutting_down` (and `/readyz` says so) while
+//! in-flight requests and WebSocket sessions finish. Only then are the
+//! listener and the remaining keep-alive connections closed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::db::DbError;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A client must send its request headers within this time (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Routes that keep answering normally during the drain: operators and load
+/// balancers need them most then.
+const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Accepts connections and serves `router` on them until `close` is
+/// cancelled; then stops accepting, lets each connection finish its current
+/// request, and returns once all are closed. Upgraded (WebSocket) connections
+/// leave this loop's care at the upgrade; their sessions are tracked by
+/// [`crate::shutdown::Shutdown::tracker`].
+pub async fn serve(listener: TcpListener, router: Router, close: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = close.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let close = close.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = close.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Middleware: counts every request as in flight for the drain, and once
+/// shutdown has started refuses new ones (but the ops endpoints) with 503
+/// `shutting_down`, new WebSocket upgrades included.
+pub async fn drain_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let shutdown = state.shutdown();
+    if shutdown.is_triggered() && !OPS_PATHS.contains(&request.uri().path()) {
+        return ApiError::Db(DbError::ShuttingDown).into_response();
+    }
+    shutdown.requests().track_future(next.run(request)).await
+}
+
+/// The peer address of a request, when it came through [`serve`].
+pub fn peer_addr(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    request_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}

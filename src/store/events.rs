@@ -1,0 +1,142 @@
+//! Cross-instance events over PostgreSQL `NOTIFY`.
+//!
+//! Sent inside the transaction that causes them, so PostgreSQL delivers them
+//! only if it commits, and in commit order. Every instance's listener (see
+//! [`crate::listener`]) receives them, its own included.
+
+use diesel::sql_types::Text;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::MessageView;
+
+/// The one channel chatpool uses.
+pub const CHANNEL: &str = "chatpool_events";
+
+/// Largest payload sent inline; PostgreSQL's limit is 8000 bytes. A message
+/// whose JSON is larger is announced by `(room_id, seq)` and fetched.
+pub const INLINE_LIMIT: usize = 7000;
+
+/// A notification payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum Event {
+    /// A committed message; `message` is absent when it was too large to inline.
+    #[serde(rename = "m")]
+    Message {
+        /// Room id.
+        room_id: i64,
+        /// Seq in the room.
+        seq: i64,
+        /// The message, when it fits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<MessageView>,
+    },
+    /// A revoked token: its sockets close with 1008 everywhere.
+    #[serde(rename = "r")]
+    Revoked {
+        /// The token's id.
+        token_id: i64,
+    },
+}
+
+impl Event {
+    /// The payload for a committed message: inline when it fits.
+    pub fn message(m: &MessageView) -> Event {
+        let inline = Event::Message {
+            room_id: m.room_id,
+            seq: m.seq,
+            message: Some(m.clone()),
+        };
+        let fits = serde_json::to_string(&inline).is_ok_and(|s| s.len() <= INLINE_LIMIT);
+        if fits {
+            inline
+        } else {
+            Event::Message {
+                room_id: m.room_id,
+                seq: m.seq,
+                message: None,
+            }
+        }
+    }
+
+    /// Parses a payload; `None` for anything unknown (a newer instance's event).
+    pub fn parse(payload: &str) -> Option<Event> {
+        serde_json::from_str(payload).ok()
+    }
+}
+
+/// Queues `event` for delivery when the current transaction commits.
+pub async fn notify(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+) -> Result<(), diesel::result::Error> {
+    let payload = serde_json::to_string(event)
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AuthorView;
+
+    fn message(body: &str) -> MessageView {
+        MessageView {
+            id: 7,
+            room_id: 3,
+            seq: 42,
+            author: AuthorView {
+                id: 1,
+                username: "alice".into(),
+                display_name: "Alice".into(),
+            },
+            body: body.into(),
+            client_id: Some("c-1".into()),
+            created_at: chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        }
+    }
+
+    #[test]
+    fn small_messages_travel_inline_and_round_trip() {
+        let m = message("hello");
+        let event = Event::message(&m);
+        let payload = serde_json::to_string(&event).unwrap();
+        assert_eq!(Event::parse(&payload), Some(event));
+        assert!(
+            matches!(Event::parse(&payload), Some(Event::Message { message: Some(x), .. }) if x == m)
+        );
+    }
+
+    #[test]
+    fn large_messages_are_announced_by_room_and_seq() {
+        let m = message(&"€".repeat(4000)); // 12000 bytes of UTF-8
+        let event = Event::message(&m);
+        assert_eq!(
+            event,
+            Event::Message {
+                room_id: 3,
+                seq: 42,
+                message: None
+            }
+        );
+        assert!(serde_json::to_string(&event).unwrap().len() < 100);
+    }
+
+    #[test]
+    fn revocations_and_unknown_payloads_parse() {
+        assert_eq!(
+            Event::parse(r#"{"t":"r","token_id":9}"#),
+            Some(Event::Revoked { token_id: 9 })
+        );
+        assert_eq!(Event::parse(r#"{"t":"x"}"#), None);
+        assert_eq!(Event::parse("not json"), None);
+    }
+}

@@ -1,0 +1,215 @@
+//! The WebSocket endpoint (SPEC §3): `GET /ws` upgrades on the same HTTP
+//! server, then a [`session`] speaks the protocol of [`protocol`].
+//!
+//! Everything that can be refused is refused before the 101: a missing or bad
+//! token (401), a request that is not a WebSocket handshake (400), a full
+//! house or a server shutting down (503). The upgraded connection is handed to
+//! tokio-tungstenite directly with a small-memory [`socket_config`].
+
+mod cursor;
+pub mod protocol;
+mod session;
+
+use axum::extract::{Request, State};
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth::{self, AuthUser};
+use crate::db::DbError;
+use crate::domain::UserView;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store;
+
+/// Largest frame and message a client may send; above it the socket is closed with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// tungstenite's defaults allocate a 128 KiB read buffer per socket (over
+/// 1 GiB at 10,000 idle sockets). A few KiB suffice for chat frames; the
+/// write buffer is bounded so a stuck peer cannot grow it.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// `GET /ws`: checks everything, answers 101 and starts the session on the
+/// shutdown tracker (the HTTP server stops caring once a connection upgrades).
+pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
+    if state.shutdown().is_triggered() {
+        return ApiError::Db(DbError::ShuttingDown).into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let Some(token) = token_of(&parts) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let key = match handshake_key(&parts.headers) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let Some(admission) = state.hub().admit(state.settings().max_sockets) else {
+        return server_busy();
+    };
+    let (user, view) = match authenticate(&state, &token).await {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::BadRequest("this connection cannot be upgraded".into()).into_response();
+    };
+
+    let session_state = state.clone();
+    state.shutdown().tracker().spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match into_tcp(upgraded) {
+                Ok((tcp, buffered)) => {
+                    let ws = WebSocketStream::from_partially_read(
+                        tcp,
+                        buffered,
+                        Role::Server,
+                        Some(socket_config()),
+                    )
+                    .await;
+                    session::run(session_state, ws, user, view, admission).await;
+                }
+                Err(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(socket_config()),
+                    )
+                    .await;
+                    session::run(session_state, ws, user, view, admission).await;
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// The TCP stream under the upgrade, with the bytes hyper read past the
+/// request, so Nagle can be switched off: chat frames are small and latency
+/// matters more than packet count.
+fn into_tcp(upgraded: Upgraded) -> Result<(TcpStream, Vec<u8>), Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>()?;
+    let tcp = parts.io.into_inner();
+    let _ = tcp.set_nodelay(true);
+    Ok((tcp, parts.read_buf.to_vec()))
+}
+
+/// `Authorization: Bearer TOKEN`, else `?token=TOKEN` (browsers cannot set headers).
+fn token_of(parts: &axum::http::request::Parts) -> Option<String> {
+    if let Some(token) = auth::bearer(parts) {
+        return Some(token.to_owned());
+    }
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The `Sec-WebSocket-Key` of a valid RFC 6455 handshake, else 400.
+fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let has_token = |name, wanted: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(wanted))
+            })
+        })
+    };
+    if !has_token(UPGRADE, "websocket") {
+        return Err(ApiError::BadRequest(
+            "expected a WebSocket upgrade (Upgrade: websocket)".into(),
+        ));
+    }
+    if !has_token(CONNECTION, "upgrade") {
+        return Err(ApiError::BadRequest("expected Connection: Upgrade".into()));
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(ApiError::BadRequest(
+            "only WebSocket version 13 is supported".into(),
+        ));
+    }
+    match headers.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        Some(key) if key.trim().len() == 24 => Ok(key.trim().to_owned()),
+        _ => Err(ApiError::BadRequest(
+            "missing or malformed Sec-WebSocket-Key".into(),
+        )),
+    }
+}
+
+/// The caller and the user object of `hello`, in one query (the same token
+/// check as [`auth::authenticate`], which returns no `created_at`).
+async fn authenticate(state: &AppState, token: &str) -> Result<(AuthUser, UserView), ApiError> {
+    if token.is_empty() || token.len() > 256 {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = auth::hash_token(token);
+    let found = state
+        .db()
+        .transaction(move |conn| {
+            async move { Ok::<_, DbError>(store::tokens::lookup(conn, &hash).await?) }.boxed()
+        })
+        .await?;
+    match found {
+        Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
+            let view = user.view();
+            Ok((
+                AuthUser {
+                    id: user.id,
+                    role: user.role(),
+                    username: user.username,
+                    display_name: user.display_name,
+                    token_id,
+                },
+                view,
+            ))
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// 503 for an upgrade past `CHATPOOL_MAX_SOCKETS`.
+fn server_busy() -> Response {
+    let body = crate::error::ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "server_busy",
+            message: "too many WebSocket sessions; retry later".into(),
+        },
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(5));
+    response
+}

@@ -1,0 +1,343 @@
+//! The frames of SPEC §3: what clients send, parsed once at the edge into
+//! [`Command`], and what the server sends, serialised from [`ServerFrame`].
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::domain::{ClientId, MessageBody, MessageView, UserView};
+use crate::error::ApiError;
+
+/// A client frame as it appears on the wire (`type` selects the variant).
+/// Unknown fields are ignored; `ref` is read separately so that even a frame
+/// whose other fields are wrong gets its `ref` back.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientFrame {
+    Join {
+        room_id: i64,
+        #[serde(default)]
+        after_seq: Option<i64>,
+    },
+    Leave {
+        room_id: i64,
+    },
+    Send {
+        room_id: i64,
+        body: String,
+        client_id: String,
+    },
+    Typing {
+        room_id: i64,
+    },
+    Ping,
+}
+
+/// A client frame after every rule of the SPEC has been checked.
+#[derive(Debug)]
+pub enum Command {
+    /// Subscribe to a room, replaying what came after `after_seq`.
+    Join {
+        /// The room.
+        room_id: i64,
+        /// Replay messages with seq above this (at least 0).
+        after_seq: Option<i64>,
+    },
+    /// Stop receiving a room's events.
+    Leave {
+        /// The room.
+        room_id: i64,
+    },
+    /// Store and broadcast a message (the shared send path).
+    Send {
+        /// The room.
+        room_id: i64,
+        /// The text.
+        body: MessageBody,
+        /// The idempotency key.
+        client_id: ClientId,
+    },
+    /// Tell the room's other sockets this user is typing.
+    Typing {
+        /// The room.
+        room_id: i64,
+    },
+    /// Application-level keepalive.
+    Ping,
+}
+
+/// One parsed client frame: its `ref` (echoed in replies) and the command, or
+/// the `bad_request` to answer, with the `client_id` of a failed `send`.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The client's correlation string, if it sent one.
+    pub reference: Option<String>,
+    /// The command, or why the frame was refused.
+    pub command: Result<Command, Rejected>,
+}
+
+/// A frame that cannot be executed; the socket stays open.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Always `bad_request`.
+    pub error: ApiError,
+    /// The `client_id` of a refused `send`, so the client can match it.
+    pub client_id: Option<String>,
+}
+
+/// Parses a text frame. Never fails: malformed JSON, an unknown `type` or a
+/// missing field become a [`Rejected`] `bad_request`.
+pub fn parse(text: &str) -> Incoming {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Incoming {
+                reference: None,
+                command: Err(rejected(format!("malformed JSON: {e}"), None)),
+            }
+        }
+    };
+    let Some(object) = value.as_object() else {
+        return Incoming {
+            reference: None,
+            command: Err(rejected("a frame must be a JSON object", None)),
+        };
+    };
+    let reference = object
+        .get("ref")
+        .and_then(|r| r.as_str())
+        .map(str::to_owned);
+    if object.get("ref").is_some_and(|r| !r.is_string()) {
+        return Incoming {
+            reference: None,
+            command: Err(rejected("ref must be a string", None)),
+        };
+    }
+    let client_id = (object.get("type").and_then(|t| t.as_str()) == Some("send"))
+        .then(|| object.get("client_id").and_then(|c| c.as_str()))
+        .flatten()
+        .map(str::to_owned);
+    let command = match serde_json::from_value::<ClientFrame>(value) {
+        Ok(frame) => validate(frame).map_err(|e| Rejected {
+            error: e,
+            client_id: client_id.clone(),
+        }),
+        Err(e) => Err(rejected(e.to_string(), client_id)),
+    };
+    Incoming { reference, command }
+}
+
+fn rejected(message: impl Into<String>, client_id: Option<String>) -> Rejected {
+    Rejected {
+        error: ApiError::BadRequest(message.into()),
+        client_id,
+    }
+}
+
+fn validate(frame: ClientFrame) -> Result<Command, ApiError> {
+    Ok(match frame {
+        ClientFrame::Join { room_id, after_seq } => {
+            if after_seq.is_some_and(|n| n < 0) {
+                return Err(ApiError::BadRequest(
+                    "after_seq must not be negative".into(),
+                ));
+            }
+            Command::Join { room_id, after_seq }
+        }
+        ClientFrame::Leave { room_id } => Command::Leave { room_id },
+        ClientFrame::Send {
+            room_id,
+            body,
+            client_id,
+        } => Command::Send {
+            room_id,
+            body: MessageBody::parse(&body)?,
+            client_id: ClientId::parse(&client_id)?,
+        },
+        ClientFrame::Typing { room_id } => Command::Typing { room_id },
+        ClientFrame::Ping => Command::Ping,
+    })
+}
+
+/// The user inside a `typing` event: no more than a client needs to show it.
+#[derive(Debug, Serialize)]
+pub struct TypingUser<'a> {
+    /// User id.
+    pub id: i64,
+    /// Login name.
+    pub username: &'a str,
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    /// First frame of every session.
+    Hello {
+        /// The authenticated user.
+        user: &'a UserView,
+        /// Interval of the server's WebSocket pings.
+        heartbeat_ms: u64,
+    },
+    /// Reply to `join`, before any replayed message.
+    Joined {
+        /// The room.
+        room_id: i64,
+        /// The room's latest seq when the join was read.
+        last_seq: i64,
+        /// More than 1000 were missed; only the latest 1000 are replayed.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+        /// The join's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// Reply to `leave`.
+    Left {
+        /// The room.
+        room_id: i64,
+        /// The leave's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A send committed (or was already committed under this `client_id`).
+    Ack {
+        /// The send's idempotency key.
+        client_id: &'a str,
+        /// The stored message.
+        message: &'a MessageView,
+        /// The send's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A message of a joined room, live or replayed.
+    Message {
+        /// The message.
+        message: &'a MessageView,
+    },
+    /// Someone else in a joined room is typing.
+    Typing {
+        /// The room.
+        room_id: i64,
+        /// Who.
+        user: TypingUser<'a>,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// The ping's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A frame failed; the socket stays open.
+    Error {
+        /// One of the SPEC's codes.
+        code: &'static str,
+        /// Human text.
+        message: String,
+        /// The failed frame's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The failed send's `client_id`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    },
+}
+
+impl<'a> ServerFrame<'a> {
+    /// The frame as WebSocket text, ready to be shared between sockets.
+    pub fn encode(&self) -> Utf8Bytes {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_string(self)
+            .expect("server frames serialise")
+            .into()
+    }
+
+    /// An `error` frame for `error`.
+    pub fn error(
+        error: &ApiError,
+        reference: Option<&'a str>,
+        client_id: Option<&'a str>,
+    ) -> ServerFrame<'a> {
+        ServerFrame::Error {
+            code: error.code(),
+            message: error.public_message(),
+            reference,
+            client_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(incoming: &Incoming) -> &'static str {
+        incoming.command.as_ref().unwrap_err().error.code()
+    }
+
+    #[test]
+    fn well_formed_frames_parse() {
+        let i = parse(r#"{"type":"join","room_id":3,"after_seq":7,"ref":"a"}"#);
+        assert_eq!(i.reference.as_deref(), Some("a"));
+        assert!(matches!(
+            i.command,
+            Ok(Command::Join {
+                room_id: 3,
+                after_seq: Some(7)
+            })
+        ));
+        let i = parse(r#"{"type":"send","room_id":1,"body":"hi","client_id":"c1"}"#);
+        assert!(matches!(i.command, Ok(Command::Send { room_id: 1, .. })));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#).command,
+            Ok(Command::Ping)
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_bad_requests_with_ref_and_client_id() {
+        assert_eq!(code(&parse("{not json")), "bad_request");
+        assert_eq!(code(&parse("[1,2]")), "bad_request");
+        let i = parse(r#"{"type":"dance","ref":"r9"}"#);
+        assert_eq!(code(&i), "bad_request");
+        assert_eq!(i.reference.as_deref(), Some("r9"));
+        let i = parse(r#"{"type":"send","room_id":1,"body":"  ","client_id":"c7"}"#);
+        assert_eq!(code(&i), "bad_request");
+        assert_eq!(
+            i.command.unwrap_err().client_id.as_deref(),
+            Some("c7"),
+            "a refused send names its client_id"
+        );
+        assert_eq!(
+            code(&parse(r#"{"type":"send","room_id":1,"body":"x"}"#)),
+            "bad_request"
+        );
+        assert_eq!(
+            code(&parse(r#"{"type":"join","room_id":1,"after_seq":-1}"#)),
+            "bad_request"
+        );
+        assert_eq!(
+            code(&parse(r#"{"type":"join","room_id":"1"}"#)),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn optional_fields_are_left_out() {
+        let joined = ServerFrame::Joined {
+            room_id: 1,
+            last_seq: 5,
+            truncated: false,
+            reference: None,
+        }
+        .encode();
+        assert_eq!(
+            joined.as_str(),
+            r#"{"type":"joined","room_id":1,"last_seq":5}"#
+        );
+        let pong = ServerFrame::Pong {
+            reference: Some("x"),
+        }
+        .encode();
+        assert_eq!(pong.as_str(), r#"{"type":"pong","ref":"x"}"#);
+    }
+}
