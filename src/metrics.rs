@@ -30,6 +30,14 @@ pub const WS_SESSIONS: &str = "chatpool_ws_sessions";
 pub const MESSAGES_TOTAL: &str = "chatpool_messages_total";
 /// HTTP requests answered, by method, route and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "chatpool_http_requests_total";
+/// 1 while the cross-instance LISTEN connection is up, else 0.
+pub const LISTENER_UP: &str = "chatpool_listener_up";
+/// Times the LISTEN connection was re-established after a loss.
+pub const LISTENER_RECONNECTS_TOTAL: &str = "chatpool_listener_reconnects_total";
+/// Notifications received on the LISTEN connection.
+pub const LISTENER_NOTIFICATIONS_TOTAL: &str = "chatpool_listener_notifications_total";
+/// Messages read back from the database after a reconnect.
+pub const LISTENER_CATCH_UP_MESSAGES_TOTAL: &str = "chatpool_listener_catch_up_messages_total";
 
 /// The process-wide Prometheus recorder. The `metrics` facade is global, so
 /// several in-process servers (tests) share it; gauges are set per scrape.
@@ -73,6 +81,16 @@ fn describe() {
     metrics::describe_gauge!(WS_SESSIONS, "Open WebSocket sessions");
     metrics::describe_counter!(MESSAGES_TOTAL, "Messages stored");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+    metrics::describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
+    metrics::describe_counter!(
+        LISTENER_RECONNECTS_TOTAL,
+        "LISTEN connection re-established"
+    );
+    metrics::describe_counter!(LISTENER_NOTIFICATIONS_TOTAL, "Notifications received");
+    metrics::describe_counter!(
+        LISTENER_CATCH_UP_MESSAGES_TOTAL,
+        "Messages read back after a reconnect"
+    );
 }
 
 /// Renders the Prometheus text, with pool gauges read from `db` right now.
