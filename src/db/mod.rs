@@ -4,8 +4,8 @@
 //! point: it acquires a connection within the wait limit, runs the closure in a
 //! transaction bounded by the transaction timeout, and maps every failure to one
 //! of the SPEC's codes ([`DbError`]). A connection whose transaction overran is
-//! cancelled and discarded; it is never returned to the pool inside an open
-//! transaction.
+//! cancelled and rolled back (or, failing that, discarded); it is never
+//! returned to the pool inside an open transaction.
 
 pub mod migrations;
 pub mod pool;
@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Object;
-use diesel_async::{
-    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
-};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
 
 use crate::metrics as m;
@@ -161,53 +159,27 @@ impl Db {
     /// needs the network. The transaction is bounded by the transaction timeout
     /// twice over: `SET LOCAL statement_timeout` on the server and a timer here.
     ///
+    /// The transaction runs in its own task, so a caller that goes away (a
+    /// client that disconnects mid-request) cannot abandon it half-way: it
+    /// commits or rolls back, and the connection goes back to the pool clean.
+    ///
     /// # Errors
     /// Whatever `work` returns, or a [`DbError`] (converted into `E`) for
     /// `db_busy`, `db_timeout`, `db_unavailable` and `shutting_down`.
     pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
-        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send,
-        E: From<DbError> + From<DieselError> + Send,
-        T: Send,
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send + 'static,
+        E: From<DbError> + From<DieselError> + Send + 'static,
+        T: Send + 'static,
     {
-        let mut conn = self.acquire().await?;
-        let timeout_ms = self.tx_timeout.as_millis();
-        let run = async {
-            let c: &mut AsyncPgConnection = &mut conn;
-            AnsiTransactionManager::begin_transaction(c)
-                .await
-                .map_err(DbError::from)?;
-            let setup = format!("SET LOCAL statement_timeout = {timeout_ms}");
-            if let Err(e) = c.batch_execute(&setup).await {
-                let _ = AnsiTransactionManager::rollback_transaction(c).await;
-                return Err(DbError::from(e).into());
-            }
-            match work(c).await {
-                Ok(value) => {
-                    AnsiTransactionManager::commit_transaction(c)
-                        .await
-                        .map_err(DbError::from)?;
-                    Ok(value)
-                }
-                Err(e) => {
-                    // The caller's error is the interesting one; a failed rollback
-                    // leaves the connection marked broken and the pool discards it.
-                    let _ = AnsiTransactionManager::rollback_transaction(c).await;
-                    Err(e)
-                }
-            }
-        };
-        match tokio::time::timeout(self.tx_timeout, run).await {
+        let conn = self.acquire().await?;
+        let tx_timeout = self.tx_timeout;
+        let task = tokio::spawn(run_transaction(conn, tx_timeout, work));
+        match task.await {
             Ok(result) => result,
-            Err(_) => {
-                metrics::counter!(m::DB_TX_TIMEOUTS_TOTAL).increment(1);
-                tracing::warn!(
-                    timeout_ms = timeout_ms as u64,
-                    "transaction ran past its time limit"
-                );
-                recover_after_timeout(conn).await;
-                Err(DbError::Timeout.into())
-            }
+            Err(e) => Err(E::from(DbError::Unavailable(format!(
+                "transaction task failed: {e}"
+            )))),
         }
     }
 
@@ -229,18 +201,71 @@ impl Db {
     }
 }
 
-/// After a timeout the transaction future was dropped mid-flight: the server
-/// may still be running the statement inside an open transaction, and the
-/// driver's transaction bookkeeping is unknown. Cancel the statement, then take
-/// the connection out of the pool and close it, so it is never handed out again
-/// nor left "idle in transaction". The pool opens a fresh one when needed.
-async fn recover_after_timeout(conn: PooledConn) {
-    const CANCEL_LIMIT: Duration = Duration::from_secs(1);
-    let token = conn.cancel_token();
-    match tokio::time::timeout(CANCEL_LIMIT, token.cancel_query(tokio_postgres::NoTls)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not cancel a timed-out statement"),
-        Err(_) => tracing::warn!("cancelling a timed-out statement timed out"),
+/// `BEGIN`, `SET LOCAL statement_timeout`, `work`, `COMMIT` (or `ROLLBACK`),
+/// bounded by `tx_timeout`. Transaction control is plain SQL on the
+/// connection, so after a timeout this function alone knows the state and can
+/// put the connection back in order (see [`recover_after_timeout`]).
+async fn run_transaction<T, E, F>(
+    mut conn: PooledConn,
+    tx_timeout: Duration,
+    work: F,
+) -> Result<T, E>
+where
+    F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send,
+    E: From<DbError> + From<DieselError> + Send,
+{
+    let timeout_ms = tx_timeout.as_millis();
+    let run = async {
+        let c: &mut AsyncPgConnection = &mut conn;
+        c.batch_execute(&format!(
+            "BEGIN; SET LOCAL statement_timeout = {timeout_ms}"
+        ))
+        .await
+        .map_err(DbError::from)?;
+        match work(c).await {
+            Ok(value) => {
+                c.batch_execute("COMMIT").await.map_err(DbError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // The caller's error is the interesting one. A failed rollback
+                // means a broken connection, which the pool's check discards.
+                let _ = c.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    };
+    match tokio::time::timeout(tx_timeout, run).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!(m::DB_TX_TIMEOUTS_TOTAL).increment(1);
+            tracing::warn!(
+                timeout_ms = timeout_ms as u64,
+                "transaction ran past its time limit"
+            );
+            recover_after_timeout(conn).await;
+            Err(DbError::Timeout.into())
+        }
     }
-    drop(Object::take(conn));
+}
+
+/// After a timeout the transaction future was dropped mid-flight: the server
+/// may still be running a statement inside the open transaction. Cancel it and
+/// roll back on the same connection, which then goes back to the pool clean,
+/// still holding its slot, so no replacement is opened while the old backend
+/// lingers. If that fails the connection is taken out of the pool and closed:
+/// never handed out again, never left "idle in transaction".
+async fn recover_after_timeout(mut conn: PooledConn) {
+    const STEP_LIMIT: Duration = Duration::from_secs(1);
+    let token = conn.cancel_token();
+    let cancelled =
+        tokio::time::timeout(STEP_LIMIT, token.cancel_query(tokio_postgres::NoTls)).await;
+    if !matches!(cancelled, Ok(Ok(()))) {
+        tracing::warn!("could not cancel a timed-out statement");
+    }
+    let rolled_back = tokio::time::timeout(STEP_LIMIT, conn.batch_execute("ROLLBACK")).await;
+    if !matches!(rolled_back, Ok(Ok(()))) {
+        tracing::warn!("discarding a connection that could not be rolled back after a timeout");
+        drop(Object::take(conn));
+    }
 }

@@ -161,7 +161,10 @@ async fn a_transaction_past_its_timeout_fails_with_db_timeout_and_leaves_nothing
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        // The connection was rolled back and returned, not replaced: the pool
+        // never needed a second one, so the process never exceeded its limit.
         let status = app.state().db().pool().status();
+        assert_eq!(status.size, 1, "{status:?}");
         assert_eq!(status.available, status.size, "{status:?}");
         for _ in 0..3 {
             sleep_in_transaction(&app, 0.0).await.expect("next transaction succeeds");
