@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::metrics as m;
 use crate::state::AppState;
 use crate::store;
+use crate::store::events::Event;
 
 /// The outcome of a send.
 #[derive(Debug, Clone)]
@@ -48,9 +49,11 @@ impl From<ApiError> for Attempt {
 /// committed.
 ///
 /// In one transaction: check the room is visible to the user, return the
-/// original for a repeated `(author, client_id)`, else take the next seq and
-/// insert. The connection is released before anything is published, so no
-/// pooled connection is held while sockets are written.
+/// original for a repeated `(author, client_id)`, else take the next seq,
+/// insert, and `NOTIFY` the other instances (delivered only on commit). The
+/// connection is released before this process publishes to its own hub, so no
+/// pooled connection is held while sockets are written; the hub drops the
+/// second copy that comes back through this process's listener.
 ///
 /// # Errors
 /// `not_found` for a room the user may not see; `db_busy`, `db_timeout`,
@@ -94,10 +97,14 @@ pub async fn send_message(
                     )
                     .await
                     {
-                        Ok(Some(message)) => Ok(Sent {
-                            message,
-                            created: true,
-                        }),
+                        Ok(Some(message)) => {
+                            // Every instance's listener gets it once this commits.
+                            store::events::notify(conn, &Event::message(&message)).await?;
+                            Ok(Sent {
+                                message,
+                                created: true,
+                            })
+                        }
                         Ok(None) => Err(Attempt::Failed(ApiError::NotFound("no such room".into()))),
                         Err(e) if store::is_unique_violation(&e) => Err(Attempt::Raced),
                         Err(e) => Err(e.into()),

@@ -1,8 +1,8 @@
 //! The hub: fans committed messages and session events out to the sockets
 //! that should see them.
 //!
-//! Producers call it after a commit (the send path; later also the
-//! cross-instance listener) or when a token is revoked (logout). It never
+//! Producers call it after a commit (the send path, and the cross-instance
+//! listener for every instance's commits) or when a token is revoked (logout). It never
 //! touches the database and never waits on a socket: each session has a
 //! bounded queue ([`QUEUE_CAPACITY`] events) that the hub fills with
 //! `try_send`. A message that does not fit closes that session with 1013
@@ -107,6 +107,9 @@ pub struct HubStats {
 #[derive(Default)]
 struct Inner {
     rooms: RwLock<HashMap<i64, HashMap<u64, Arc<Link>>>>,
+    /// Per subscribed room, the highest seq this process has published or a
+    /// join has read: where the listener's catch-up starts after a reconnect.
+    watermarks: Mutex<HashMap<i64, i64>>,
     tokens: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
     revoked: Mutex<VecDeque<(Instant, i64)>>,
     next_id: AtomicU64,
@@ -136,6 +139,7 @@ impl Hub {
         let Some(subscribers) = rooms.get(&message.room_id) else {
             return;
         };
+        self.observe(message.room_id, message.seq);
         let frame = ServerFrame::Message { message }.encode();
         for link in subscribers.values() {
             let event = Event::Message {
@@ -270,6 +274,34 @@ impl Hub {
         })
     }
 
+    /// Raises the room's watermark to `seq` (see [`Hub::room_cursors`]).
+    pub fn observe(&self, room_id: i64, seq: i64) {
+        let mut marks = self.inner.watermarks.lock().expect("hub lock");
+        let mark = marks.entry(room_id).or_insert(seq);
+        *mark = (*mark).max(seq);
+    }
+
+    /// Rooms with joined sockets and the highest seq this process has
+    /// published or read for each: everything at or below it reached the
+    /// sockets or will be read back by their own hole filling; the listener
+    /// catches up from here after a reconnect.
+    pub fn room_cursors(&self) -> Vec<(i64, i64)> {
+        let rooms = self.inner.rooms.read().expect("hub lock");
+        let marks = self.inner.watermarks.lock().expect("hub lock");
+        rooms
+            .keys()
+            .filter_map(|room| marks.get(room).map(|seq| (*room, *seq)))
+            .collect()
+    }
+
+    fn forget_room(&self, room_id: i64) {
+        self.inner
+            .watermarks
+            .lock()
+            .expect("hub lock")
+            .remove(&room_id);
+    }
+
     /// Counters for tests and stats.
     pub fn stats(&self) -> HubStats {
         HubStats {
@@ -356,8 +388,14 @@ impl Registration {
             subscribers.remove(&self.link.id);
             if subscribers.is_empty() {
                 rooms.remove(&room_id);
+                self.hub.forget_room(room_id);
             }
         }
+    }
+
+    /// Records that this session's join read the room up to `seq`.
+    pub fn observe(&self, room_id: i64, seq: i64) {
+        self.hub.observe(room_id, seq);
     }
 }
 
@@ -370,6 +408,7 @@ impl Drop for Registration {
                     subscribers.remove(&self.link.id);
                     if subscribers.is_empty() {
                         rooms.remove(&room_id);
+                        self.hub.forget_room(room_id);
                     }
                 }
             }

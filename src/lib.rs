@@ -9,7 +9,8 @@
 //! - [`embedded`]: the private PostgreSQL cluster used without `DATABASE_URL`.
 //! - [`domain`]: typed values parsed at the edge and the SPEC's JSON objects;
 //!   [`store`]: the queries; [`auth`]: tokens, passwords, the caller.
-//! - [`chat`]: the one send path; [`hub`]: fan-out to sockets.
+//! - [`chat`]: the one send path; [`hub`]: fan-out to sockets;
+//!   [`listener`]: the LISTEN connection that feeds the hub every instance's commits.
 //! - [`http`]: the HTTP API; [`error`]: the error every client sees.
 //! - [`ws`]: the WebSocket protocol (upgrade, sessions, frames).
 //! - [`shutdown`]: signals and the shutdown token/tracker.
@@ -26,6 +27,7 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod manage;
 pub mod metrics;
 pub mod ratelimit;

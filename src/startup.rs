@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DatabaseSource, Settings};
 use crate::db::{migrations, Db, PoolSettings};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::hub::Hub;
+use crate::listener::Listener;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 
@@ -26,6 +28,8 @@ const EMBEDDED_MAX_CONNECTIONS: u32 = 100;
 pub struct Database {
     /// The process's one pool.
     pub db: Db,
+    pool_settings: PoolSettings,
+    listener: Option<Listener>,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -51,20 +55,40 @@ impl Database {
             }
         };
         let s = &settings.database;
-        let db = Db::new(&PoolSettings {
+        let pool_settings = PoolSettings {
             driver,
             max_size: s.pool_max_size(),
             max_wait: s.max_wait,
             connect_timeout: s.connect_timeout,
             tx_timeout: s.tx_timeout,
-        });
-        Ok(Self { db, embedded })
+        };
+        Ok(Self {
+            db: Db::new(&pool_settings),
+            pool_settings,
+            listener: None,
+            embedded,
+        })
     }
 
-    /// Closes the pool, then stops the embedded cluster if chatpool started one.
+    /// Starts the cross-instance listener feeding `hub`: the one connection
+    /// outside the pool, in the slot of `connection_limit` the pool leaves free.
+    pub fn start_listener(&mut self, hub: Hub) {
+        self.listener = Some(Listener::spawn(
+            self.pool_settings.session_config(),
+            self.pool_settings.connect_timeout,
+            self.db.clone(),
+            hub,
+        ));
+    }
+
+    /// Closes the pool, then the listener connection, then stops the embedded
+    /// cluster if chatpool started one.
     pub async fn close(self) {
         self.db.close();
         tracing::info!("database pool closed");
+        if let Some(listener) = self.listener {
+            listener.stop().await;
+        }
         if let Some(pg) = self.embedded {
             match tokio::task::spawn_blocking(move || pg.stop()).await {
                 Ok(Ok(())) => {}
@@ -114,7 +138,9 @@ impl Application {
         };
         let addr = listener.local_addr()?;
         crate::metrics::handle();
+        let mut database = database;
         let state = AppState::new(settings, database.db.clone(), Shutdown::new());
+        database.start_listener(state.hub().clone());
         Ok(Self {
             listener,
             addr,
@@ -142,7 +168,8 @@ impl Application {
     ///    background tasks end;
     /// 3. in-flight HTTP requests finish with their normal response;
     /// 4. the listener and idle keep-alive connections close;
-    /// 5. the pool closes; then the embedded cluster, if any, stops.
+    /// 5. the pool closes; then the listener connection; then the embedded
+    ///    cluster, if any, stops.
     ///
     /// All of it within `CHATPOOL_SHUTDOWN_TIMEOUT_MS`.
     ///

@@ -387,6 +387,8 @@ where
                             .iter()
                             .map(|m| (m.seq, ServerFrame::Message { message: m }.encode()))
                             .collect();
+                        // The listener's catch-up after a reconnect starts here at the latest.
+                        self.reg.observe(room_id, read.last_seq);
                         let mut frames = Vec::new();
                         if let Some(cursor) = self.rooms.get_mut(&room_id) {
                             cursor.go_live(read.last_seq, replay, Instant::now(), &mut frames);

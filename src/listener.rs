@@ -1,0 +1,196 @@
+//! The cross-instance listener: one dedicated `LISTEN` connection per process
+//! that feeds the hub with what every instance commits.
+//!
+//! It lives outside the pool, in the one slot of `connection_limit` the pool
+//! leaves free, and carries `application_name=chatpool` like every other
+//! connection. When the connection drops it reconnects with backoff, then
+//! catches up every room with joined sockets from the database, so nothing
+//! committed while it was away is lost; the hub drops what a socket already
+//! has, so nothing arrives twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{pool, Db, DbError};
+use crate::hub::Hub;
+use crate::metrics as m;
+use crate::store;
+use crate::store::events::{Event, CHANNEL};
+
+/// First pause after a failed connect; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Messages fetched per room when catching up (the join replay's cap too).
+const CATCH_UP_LIMIT: i64 = 1000;
+
+/// Handle to the running listener.
+pub struct Listener {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Starts listening with `driver` (chatpool's session settings applied).
+    pub fn spawn(
+        driver: tokio_postgres::Config,
+        connect_timeout: Duration,
+        db: Db,
+        hub: Hub,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(driver, connect_timeout, db, hub, stop.clone()));
+        Self { stop, task }
+    }
+
+    /// Closes the connection and waits for the task to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        tracing::info!("listener connection closed");
+    }
+}
+
+async fn run(
+    driver: tokio_postgres::Config,
+    connect_timeout: Duration,
+    db: Db,
+    hub: Hub,
+    stop: CancellationToken,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut connected_before = false;
+    // Where each room stood when the connection was lost.
+    let mut at_loss: HashMap<i64, i64> = HashMap::new();
+    loop {
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            conn = listen(&driver, connect_timeout) => conn,
+        };
+        let mut conn = match attempt {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "listener cannot connect");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        metrics::gauge!(m::LISTENER_UP).set(1.0);
+        if connected_before {
+            metrics::counter!(m::LISTENER_RECONNECTS_TOTAL).increment(1);
+            tracing::info!("listener reconnected");
+        }
+        connected_before = true;
+        backoff = MIN_BACKOFF;
+        // Anything committed while we were not listening is read back now;
+        // notifications that arrive meanwhile queue up on the connection.
+        catch_up(&db, &hub, &at_loss).await;
+
+        let mut notifications = std::pin::pin!(conn.notifications_stream());
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = notifications.next() => next,
+            };
+            match next {
+                Some(Ok(n)) => {
+                    metrics::counter!(m::LISTENER_NOTIFICATIONS_TOTAL).increment(1);
+                    handle(&db, &hub, &n.payload).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "listener connection failed");
+                    break;
+                }
+                None => {
+                    tracing::warn!("listener connection closed by the server");
+                    break;
+                }
+            }
+        }
+        metrics::gauge!(m::LISTENER_UP).set(0.0);
+        at_loss = hub.room_cursors().into_iter().collect();
+    }
+}
+
+/// Opens the dedicated connection and subscribes to the channel.
+async fn listen(
+    driver: &tokio_postgres::Config,
+    connect_timeout: Duration,
+) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = pool::connect(driver, connect_timeout).await?;
+    conn.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok(conn)
+}
+
+/// Applies one notification to the hub.
+async fn handle(db: &Db, hub: &Hub, payload: &str) {
+    match Event::parse(payload) {
+        Some(Event::Message {
+            message: Some(message),
+            ..
+        }) => hub.publish_message(&message),
+        Some(Event::Message {
+            room_id,
+            seq,
+            message: None,
+        }) => match fetch(db, room_id, seq).await {
+            Ok(Some(message)) => hub.publish_message(&message),
+            Ok(None) => tracing::warn!(room_id, seq, "announced message not found"),
+            // The room's next catch-up or a socket's rejoin recovers it.
+            Err(e) => tracing::warn!(room_id, seq, error = %e, "cannot fetch an announced message"),
+        },
+        Some(Event::Revoked { token_id }) => hub.revoke_token(token_id),
+        None => tracing::debug!(payload, "ignoring an unknown notification"),
+    }
+}
+
+async fn fetch(
+    db: &Db,
+    room_id: i64,
+    seq: i64,
+) -> Result<Option<crate::domain::MessageView>, DbError> {
+    db.transaction(move |conn| {
+        async move { Ok::<_, DbError>(store::messages::by_seq(conn, room_id, seq).await?) }.boxed()
+    })
+    .await
+}
+
+/// Reads every room with joined sockets from where it stood when the
+/// connection was lost (or, for a room joined since, from what its join read),
+/// and publishes what is newer. Messages this process published itself in
+/// the meantime raise the watermark but may sit above lost ones from other
+/// instances, hence the snapshot.
+async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<i64, i64>) {
+    for (room_id, now) in hub.room_cursors() {
+        let after_seq = at_loss.get(&room_id).map_or(now, |then| (*then).min(now));
+        let missed = db
+            .transaction(move |conn| {
+                async move {
+                    Ok::<_, DbError>(
+                        store::messages::since(conn, room_id, after_seq, CATCH_UP_LIMIT).await?,
+                    )
+                }
+                .boxed()
+            })
+            .await;
+        match missed {
+            Ok(messages) => {
+                metrics::counter!(m::LISTENER_CATCH_UP_MESSAGES_TOTAL)
+                    .increment(messages.len() as u64);
+                for message in &messages {
+                    hub.publish_message(message);
+                }
+            }
+            Err(e) => tracing::warn!(room_id, error = %e, "catch-up failed for a room"),
+        }
+    }
+}
