@@ -30,6 +30,8 @@ pub const WS_SESSIONS: &str = "chatpool_ws_sessions";
 pub const MESSAGES_TOTAL: &str = "chatpool_messages_total";
 /// HTTP requests answered, by method, route and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "chatpool_http_requests_total";
+/// HTTP requests being handled right now (what the shutdown drain waits for).
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "chatpool_http_requests_in_flight";
 /// 1 while the cross-instance LISTEN connection is up, else 0.
 pub const LISTENER_UP: &str = "chatpool_listener_up";
 /// Times the LISTEN connection was re-established after a loss.
@@ -81,6 +83,7 @@ fn describe() {
     metrics::describe_gauge!(WS_SESSIONS, "Open WebSocket sessions");
     metrics::describe_counter!(MESSAGES_TOTAL, "Messages stored");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+    metrics::describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being handled");
     metrics::describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
     metrics::describe_counter!(
         LISTENER_RECONNECTS_TOTAL,

@@ -4,7 +4,7 @@
 //! `pg_advisory_lock` makes them take turns, and the second finds nothing to do.
 
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncMigrationHarness, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::{Db, PooledConn};
@@ -17,9 +17,9 @@ const LOCK_KEY: i64 = 0x0063_6861_7470_6f6f;
 
 /// Applies pending migrations and returns the versions applied (empty when up to date).
 ///
-/// Runs on a connection taken out of the pool (the migration harness needs to
-/// own one); it is closed afterwards, so the process total never grows.
-/// Needs the multi-threaded tokio runtime (the harness blocks in place).
+/// Runs on a pooled connection, which keeps its pool slot throughout and goes
+/// back to the pool afterwards, so the process never exceeds its connection
+/// limit. Needs the multi-threaded tokio runtime (the harness blocks in place).
 ///
 /// # Errors
 /// Acquisition failures, a failing migration, or lock errors.
@@ -43,14 +43,14 @@ pub async fn revert_all(db: &Db) -> anyhow::Result<Vec<String>> {
     .await
 }
 
-type Harness = AsyncMigrationHarness<AsyncPgConnection>;
+type Harness = AsyncMigrationHarness<PooledConn>;
 type MigrationResult = diesel::migration::Result<Vec<String>>;
 
 async fn with_lock(
     conn: PooledConn,
     work: impl FnOnce(&mut Harness) -> MigrationResult,
 ) -> anyhow::Result<Vec<String>> {
-    let mut conn = PooledConn::take(conn);
+    let mut conn = conn;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(LOCK_KEY)
         .execute(&mut conn)

@@ -77,7 +77,13 @@ pub fn build(settings: &PoolSettings) -> PgPool {
     let cfg = settings.session_config();
     let connect_timeout = settings.connect_timeout;
     let mut manager_config = ManagerConfig::default();
-    manager_config.recycling_method = RecyclingMethod::Verified;
+    // No test query on checkout: a connection whose socket closed, or that was
+    // left in a transaction, is still discarded (diesel-async checks both), and
+    // a dead peer is bounded by the transaction timer. A test query would cost
+    // a round trip per transaction and, under CPU saturation, could exceed the
+    // recycle timeout and make the pool replace a healthy connection while its
+    // backend still exists: a brief excursion above `connection_limit`.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |_url| {
         let cfg = cfg.clone();
         async move { connect(&cfg, connect_timeout).await }.boxed()

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 use crate::db::DbError;
 use crate::error::ApiError;
+use crate::metrics as m;
 use crate::state::AppState;
 
 /// A client must send its request headers within this time (slowloris guard).
@@ -92,7 +93,25 @@ pub async fn drain_gate(State(state): State<AppState>, request: Request, next: N
     if shutdown.is_triggered() && !OPS_PATHS.contains(&request.uri().path()) {
         return ApiError::Db(DbError::ShuttingDown).into_response();
     }
+    let _in_flight = InFlight::enter();
     shutdown.requests().track_future(next.run(request)).await
+}
+
+/// Keeps `chatpool_http_requests_in_flight` right even when a request's
+/// future is dropped (a client that disconnects).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(m::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(m::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// The peer address of a request, when it came through [`serve`].

@@ -445,3 +445,107 @@ async fn stopping_the_app_closes_every_connection_it_opened() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recover_on_its_return() {
+    use chatpool::config::Settings;
+    use chatpool::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    use chatpool::startup::Application;
+
+    bounded(async {
+        // A private cluster: this test stops it.
+        let dir = tempfile::tempdir().unwrap();
+        allow_traversal(dir.path());
+        let opts = EmbeddedOptions {
+            data_dir: dir.path().join("data"),
+            max_connections: 20,
+        };
+        let start = |opts: EmbeddedOptions| {
+            tokio::task::spawn_blocking(move || {
+                EmbeddedPostgres::start(&opts).expect("cluster starts")
+            })
+        };
+        let pg = start(opts.clone()).await.unwrap();
+        let url = pg.url(EmbeddedPostgres::DATABASE);
+        let settings = Settings::from_lookup(None, |k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            "CHATPOOL_LISTEN" => Some("127.0.0.1:0".into()),
+            _ => None,
+        })
+        .unwrap();
+        let app = Application::build(settings).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let register: serde_json::Value = http
+            .post(format!("{base}/api/auth/register"))
+            .json(&serde_json::json!({"username": "dora", "password": "long enough password"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = register["token"].as_str().unwrap().to_owned();
+        let me = || {
+            http.get(format!("{base}/api/me"))
+                .bearer_auth(&token)
+                .send()
+        };
+        assert_eq!(me().await.unwrap().status(), 200);
+
+        // Down: fast, clear failures; the process stays up.
+        tokio::task::spawn_blocking(move || pg.stop().unwrap())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let down = me().await.unwrap();
+        assert_eq!(down.status(), 503);
+        assert!(down.headers().contains_key("retry-after"));
+        let body: serde_json::Value = down.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "db_unavailable", "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        assert_eq!(
+            ready.json::<serde_json::Value>().await.unwrap()["status"],
+            "db_unavailable"
+        );
+        assert_eq!(
+            http.get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // Back: serving again within seconds, without a restart.
+        let pg = start(opts).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if me().await.unwrap().status() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not serving 10 s after the database returned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let _ = stop_tx.send(());
+        server.await.unwrap().expect("clean shutdown");
+        tokio::task::spawn_blocking(move || pg.stop().unwrap())
+            .await
+            .unwrap();
+    })
+    .await;
+}

@@ -36,6 +36,8 @@ pub struct TestApp {
 pub struct AppOptions {
     env: HashMap<String, String>,
     url_params: Vec<(String, String)>,
+    database: Option<Arc<TestDatabase>>,
+    role: Option<String>,
 }
 
 impl AppOptions {
@@ -51,10 +53,29 @@ impl AppOptions {
         self
     }
 
+    /// Runs on `database` instead of a fresh one: several instances, one database.
+    pub fn database(mut self, database: Arc<TestDatabase>) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Connects as the PostgreSQL role `role` (see [`create_role`]), so this
+    /// instance's connections can be told apart in `pg_stat_activity`.
+    pub fn role(mut self, role: &str) -> Self {
+        self.role = Some(role.to_owned());
+        self
+    }
+
     /// Starts the app.
     pub async fn spawn(self) -> TestApp {
-        let db = cluster().create_database().await;
-        let url = with_params(&db.url, &self.url_params);
+        let db = match self.database {
+            Some(db) => db,
+            None => Arc::new(cluster().create_database().await),
+        };
+        let mut url = with_params(&db.url, &self.url_params);
+        if let Some(role) = &self.role {
+            url = url.replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
+        }
         let mut env = self.env;
         env.insert("DATABASE_URL".into(), url);
         env.entry("CHATPOOL_LISTEN".into())
@@ -69,7 +90,7 @@ impl AppOptions {
         }));
         TestApp {
             addr,
-            db: Arc::new(db),
+            db,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -151,6 +172,8 @@ pub struct BinaryServer {
     /// The address it reported in `listening on http://…`.
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// Signalled when the log pipe reaches its end.
+    eof: std::sync::mpsc::Receiver<()>,
 }
 
 /// Path of the built binary.
@@ -178,6 +201,7 @@ impl BinaryServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let (eof_tx, eof) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
@@ -190,6 +214,7 @@ impl BinaryServer {
                 }
                 sink.lock().unwrap().push(line);
             }
+            let _ = eof_tx.send(());
         });
         let addr = match rx.recv_timeout(wait) {
             Ok(a) => a.parse().expect("address in log"),
@@ -205,6 +230,7 @@ impl BinaryServer {
             child: Some(child),
             addr,
             log,
+            eof,
         }
     }
 
@@ -230,7 +256,12 @@ impl BinaryServer {
             let _ = tx.send(child.wait());
         });
         match rx.recv_timeout(limit) {
-            Ok(status) => status.expect("wait"),
+            Ok(status) => {
+                // The last lines may still be in the pipe: read them before
+                // anyone looks at the log.
+                let _ = self.eof.recv_timeout(Duration::from_secs(5));
+                status.expect("wait")
+            }
             Err(_) => {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
@@ -296,4 +327,25 @@ pub async fn wait_until_no_server_connections(database: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Creates a login role with a random name on the test cluster and returns it.
+/// Roles are cluster-wide; each test makes its own.
+pub async fn create_role() -> String {
+    let role = format!("r_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let url = with_params(
+        &cluster().url("postgres"),
+        &[("application_name".into(), "chatpool-tests".into())],
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .await
+        .expect("create role");
+    drop(client);
+    let _ = task.await;
+    role
 }

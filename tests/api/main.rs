@@ -10,6 +10,7 @@ mod http_accounts;
 mod http_admin;
 mod http_messages;
 mod http_rooms;
+mod instances;
 mod shutdown;
 mod ws_delivery;
 mod ws_limits;

@@ -33,6 +33,7 @@ impl HeldRequest {
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body[..body.len() - 1]).await.unwrap();
         stream.flush().await.unwrap();
+        wait_for_in_flight(addr).await;
         HeldRequest {
             stream,
             rest: body[body.len() - 1..].to_vec(),
@@ -49,6 +50,36 @@ impl HeldRequest {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line in {text:?}"))
+    }
+}
+
+/// Waits until the server counts a request in flight besides the `/metrics`
+/// request asking: the held request has reached its handler.
+async fn wait_for_in_flight(addr: std::net::SocketAddr) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let in_flight = text
+            .lines()
+            .find_map(|l| l.strip_prefix("chatpool_http_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if in_flight >= 2.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

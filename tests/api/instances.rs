@@ -1,0 +1,378 @@
+//! Issue 6: several instances on one database, fanned out through
+//! PostgreSQL LISTEN/NOTIFY.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatpool::domain::Role;
+use serde_json::{json, Value};
+
+use crate::api_client;
+use crate::cluster::cluster;
+use crate::helpers::{admin_count, bounded, create_role, AppOptions, TestApp};
+use crate::ws_support::{connect, seed_room, seed_user, seed_users, seq_of, WsClient};
+
+/// How fast a message must cross from one instance to another.
+const CROSS_INSTANCE: Duration = Duration::from_secs(2);
+
+/// Two instances on one fresh database, each connecting as its own role.
+async fn two_instances(connection_limit: u32) -> (TestApp, TestApp, String, String) {
+    let db = Arc::new(cluster().create_database().await);
+    let (role_a, role_b) = (create_role().await, create_role().await);
+    let a = AppOptions::default()
+        .database(db.clone())
+        .role(&role_a)
+        .url_param("connection_limit", connection_limit)
+        .spawn()
+        .await;
+    let b = AppOptions::default()
+        .database(db)
+        .role(&role_b)
+        .url_param("connection_limit", connection_limit)
+        .spawn()
+        .await;
+    (a, b, role_a, role_b)
+}
+
+/// The next `message` frame, within `limit`.
+async fn next_message(ws: &mut WsClient, limit: Duration) -> Value {
+    let frame = tokio::time::timeout(limit, ws.recv_until("message"))
+        .await
+        .expect("the message arrives in time")
+        .0;
+    frame["message"].clone()
+}
+
+/// The sender's own copy of its message: it may come before the `ack`
+/// (among `before`) or after it.
+async fn own_copy(ws: &mut WsClient, before: Vec<Value>) -> Value {
+    match before.into_iter().find(|f| f["type"] == "message") {
+        Some(frame) => frame["message"].clone(),
+        None => next_message(ws, CROSS_INSTANCE).await,
+    }
+}
+
+/// Connections of the role in `pg_stat_activity` on `database`.
+async fn connections_of_role(database: &str, role: &str) -> i64 {
+    admin_count(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND usename = '{role}' \
+         AND application_name = 'chatpool'"
+    ))
+    .await
+}
+
+/// The pid of the role's LISTEN connection, once it is listening.
+async fn listener_pid(database: &str, role: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = admin_count(&format!(
+            "SELECT coalesce(max(pid), 0)::bigint FROM pg_stat_activity WHERE datname = '{database}' \
+             AND usename = '{role}' AND query LIKE 'LISTEN %'"
+        ))
+        .await;
+        if pid != 0 {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "{role} never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_sent_on_one_instance_reaches_a_socket_on_the_other_within_2_s() {
+    bounded(async {
+        let (a, b, _, _) = two_instances(10).await;
+        let alice = seed_user(&a, "alice", Role::Member).await;
+        let bob = seed_user(&a, "bob", Role::Member).await;
+        let room = seed_room(&a, alice.id, &[bob.id]).await;
+
+        let mut on_b = connect(&b, &bob.token).await;
+        on_b.join(room, None).await;
+        let mut on_a = connect(&a, &alice.token).await;
+        on_a.join(room, None).await;
+
+        // Over WebSocket: the ack on A and the delivery on B carry one message.
+        let (ack, before) = on_a.send_message(room, "hello from A", "ws-1").await;
+        let delivered = next_message(&mut on_b, CROSS_INSTANCE).await;
+        assert_eq!(delivered, ack["message"]);
+        assert_eq!(delivered["seq"], 1);
+        assert_eq!(own_copy(&mut on_a, before).await, ack["message"]);
+
+        // Over HTTP: the 201 on A and the delivery on B carry one message.
+        let created = api_client::post(
+            &a,
+            &format!("/api/rooms/{room}/messages"),
+            &alice.token,
+            json!({"body": "posted on A", "client_id": "http-1"}),
+        )
+        .await
+        .expect(201);
+        let delivered = next_message(&mut on_b, CROSS_INSTANCE).await;
+        assert_eq!(delivered, created);
+        assert_eq!(delivered["seq"], 2);
+        assert_eq!(next_message(&mut on_a, CROSS_INSTANCE).await, created);
+
+        // And the other way round.
+        let (ack, before) = on_b.send_message(room, "hello from B", "ws-2").await;
+        assert_eq!(own_copy(&mut on_b, before).await, ack["message"]);
+        let delivered = next_message(&mut on_a, CROSS_INSTANCE).await;
+        assert_eq!(delivered, ack["message"]);
+        assert_eq!(delivered["seq"], 3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_instance_stays_within_its_own_connection_limit_under_load_listener_included() {
+    bounded(async {
+        let (a, b, role_a, role_b) = two_instances(3).await;
+        let db = a.db.name.clone();
+        let users = seed_users(&a, "user", 20, Role::Member).await;
+        let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+        let room = seed_room(&a, ids[0], &ids).await;
+
+        let done = tokio_util::sync::CancellationToken::new();
+        let sampler = {
+            let (done, db, role_a, role_b) =
+                (done.clone(), db.clone(), role_a.clone(), role_b.clone());
+            tokio::spawn(async move {
+                let (mut max_a, mut max_b) = (0, 0);
+                while !done.is_cancelled() {
+                    max_a = max_a.max(connections_of_role(&db, &role_a).await);
+                    max_b = max_b.max(connections_of_role(&db, &role_b).await);
+                }
+                (max_a, max_b)
+            })
+        };
+
+        // 20 sockets, half on each instance, each sending 10 messages.
+        let senders = users.iter().enumerate().map(|(i, user)| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let token = user.token.clone();
+            async move {
+                let mut ws = connect(app, &token).await;
+                for n in 0..10 {
+                    let cid = format!("{i}-{n}");
+                    loop {
+                        ws.send_json(
+                            json!({"type": "send", "room_id": room, "body": "x", "client_id": cid}),
+                        )
+                        .await;
+                        let reply = loop {
+                            let v = ws.recv_json().await;
+                            if v["client_id"] == cid.as_str() {
+                                break v;
+                            }
+                        };
+                        if reply["type"] == "ack" {
+                            break;
+                        }
+                        assert_eq!(reply["code"], "db_busy", "{reply}");
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(senders).await;
+        done.cancel();
+        let (max_a, max_b) = sampler.await.unwrap();
+
+        assert!(
+            max_a <= 3,
+            "instance A had {max_a} connections with connection_limit=3"
+        );
+        assert!(
+            max_b <= 3,
+            "instance B had {max_b} connections with connection_limit=3"
+        );
+        assert!(
+            max_a >= 2 && max_b >= 2,
+            "listener plus pool not seen: {max_a}, {max_b}"
+        );
+        let seqs = crate::ws_support::stored_seqs(&a, room).await;
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_its_listener_is_terminated_an_instance_reconnects_and_catches_up_on_what_it_missed() {
+    bounded(async {
+        let (a, b, _, role_b) = two_instances(10).await;
+        let alice = seed_user(&a, "alice", Role::Member).await;
+        let bob = seed_user(&a, "bob", Role::Member).await;
+        let room = seed_room(&a, alice.id, &[bob.id]).await;
+        let mut on_b = connect(&b, &bob.token).await;
+        on_b.join(room, None).await;
+        let mut on_a = connect(&a, &alice.token).await;
+        let mut received = Vec::new();
+
+        // 1..=20 live.
+        for n in 1..=20 {
+            on_a.send_message(room, &format!("m{n}"), &format!("c{n}"))
+                .await;
+        }
+        received.extend(receive(&mut on_b, 20).await);
+
+        // B loses its listener and cannot log in again: 21..=40 are committed
+        // while it is deaf.
+        let first_pid = listener_pid(&b.db.name, &role_b).await;
+        admin_exec(&format!("ALTER ROLE {role_b} NOLOGIN")).await;
+        admin_exec(&format!("SELECT pg_terminate_backend({first_pid})")).await;
+        wait_until_gone(first_pid).await;
+        for n in 21..=40 {
+            on_a.send_message(room, &format!("m{n}"), &format!("c{n}"))
+                .await;
+        }
+
+        // Once it can reconnect, its catch-up alone delivers 21..=40: nothing
+        // newer is sent that could reveal the hole to the socket.
+        admin_exec(&format!("ALTER ROLE {role_b} LOGIN")).await;
+        received.extend(receive(&mut on_b, 40).await);
+        let second_pid = listener_pid(&b.db.name, &role_b).await;
+        assert_ne!(first_pid, second_pid, "B listens on a new connection");
+
+        // And live delivery resumes.
+        for n in 41..=60 {
+            on_a.send_message(room, &format!("m{n}"), &format!("c{n}"))
+                .await;
+        }
+        received.extend(receive(&mut on_b, 60).await);
+        assert_eq!(
+            received,
+            (1..=60).collect::<Vec<_>>(),
+            "in order, no gap, no duplicate"
+        );
+        assert!(
+            on_b.round_trip().await.is_empty(),
+            "nothing delivered twice"
+        );
+    })
+    .await;
+}
+
+/// Reads `message` frames until seq `last` and returns their seqs.
+async fn receive(ws: &mut WsClient, last: i64) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&last) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.recv_until("message"))
+            .await
+            .expect("every message reaches B")
+            .0;
+        seqs.push(seq_of(&frame));
+    }
+    seqs
+}
+
+/// Runs statements on the cluster as the test harness.
+async fn admin_exec(sql: &str) {
+    let url = format!(
+        "{}?application_name=chatpool-tests",
+        cluster().url("postgres")
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("admin statement");
+    drop(client);
+    let _ = task.await;
+}
+
+/// Waits until backend `pid` has left `pg_stat_activity`.
+async fn wait_until_gone(pid: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_count(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+    ))
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "backend {pid} still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_on_one_instance_closes_the_same_tokens_socket_on_the_other_with_1008() {
+    bounded(async {
+        let (a, b, _, _) = two_instances(10).await;
+        let session = api_client::register(&a, "carol").await;
+        let mut on_b = connect(&b, &session.token).await;
+        assert_eq!(on_b.round_trip().await.len(), 0);
+
+        let started = Instant::now();
+        api_client::post(&a, "/api/auth/logout", &session.token, json!({}))
+            .await
+            .expect(204);
+        on_b.expect_close(1008).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+
+        // Neither instance accepts the token afterwards.
+        api_client::get(&b, "/api/me", &session.token)
+            .await
+            .expect_error(401, "unauthorized");
+        api_client::get(&a, "/api/me", &session.token)
+            .await
+            .expect_error(401, "unauthorized");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_for_a_message_a_socket_already_has_is_not_delivered_twice() {
+    bounded(async {
+        let app = AppOptions::default().spawn().await;
+        let alice = seed_user(&app, "alice", Role::Member).await;
+        let room = seed_room(&app, alice.id, &[]).await;
+        crate::ws_support::bulk_messages(&app, room, alice.id, 3).await;
+
+        let mut ws = connect(&app, &alice.token).await;
+        ws.join(room, Some(0)).await;
+        let replayed: Vec<Value> = {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                out.push(next_message(&mut ws, CROSS_INSTANCE).await);
+            }
+            out
+        };
+        assert_eq!(
+            replayed
+                .iter()
+                .map(|m| m["seq"].as_i64().unwrap())
+                .collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+
+        // Announce seq 2 again, as another instance's late notification would.
+        let payload =
+            json!({"t": "m", "room_id": room, "seq": 2, "message": replayed[1]}).to_string();
+        let url = format!("{}?application_name=chatpool-tests", app.db.url);
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .execute("SELECT pg_notify('chatpool_events', $1)", &[&payload])
+            .await
+            .unwrap();
+
+        // PostgreSQL delivers notifications in commit order: the duplicate is
+        // handled before the next message's own notification.
+        let (ack, before) = ws.send_message(room, "fourth", "c4").await;
+        assert!(
+            before
+                .iter()
+                .all(|f| f["type"] != "message" || f["message"]["seq"] == 4),
+            "{before:?}"
+        );
+        let next = own_copy(&mut ws, before).await;
+        assert_eq!(next, ack["message"]);
+        assert_eq!(next["seq"], 4);
+        assert!(ws.round_trip().await.is_empty(), "no second copy of seq 2");
+    })
+    .await;
+}
