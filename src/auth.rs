@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::db::DbError;
-use crate::domain::{AuthorView, Password, Role};
+use crate::domain::{AuthorView, Password, Role, UserView};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
@@ -79,6 +79,20 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 /// # Errors
 /// `unauthorized` for an unknown or revoked token; database errors as such.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+    authenticate_user(state, token)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+/// Resolves a presented token to its user, with the user object (the
+/// WebSocket `hello` carries it), in one query.
+///
+/// # Errors
+/// As [`authenticate`].
+pub async fn authenticate_user(
+    state: &AppState,
+    token: &str,
+) -> Result<(AuthUser, UserView), ApiError> {
     if token.is_empty() || token.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
@@ -90,13 +104,17 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
         })
         .await?;
     match found {
-        Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => Ok(AuthUser {
-            id: user.id,
-            role: user.role(),
-            username: user.username,
-            display_name: user.display_name,
-            token_id,
-        }),
+        Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
+            let view = user.view();
+            let caller = AuthUser {
+                id: user.id,
+                role: user.role(),
+                username: user.username,
+                display_name: user.display_name,
+                token_id,
+            };
+            Ok((caller, view))
+        }
         _ => Err(ApiError::Unauthorized),
     }
 }

@@ -2,7 +2,9 @@
 //! that should see them.
 //!
 //! Producers call it after a commit (the send path, and the cross-instance
-//! listener for every instance's commits) or when a token is revoked (logout). It never
+//! listener for every instance's commits), when a token is revoked (logout)
+//! or when a user's access may have shrunk (a role change, a removal from a
+//! room: the user's sessions are woken to re-check their rooms). It never
 //! touches the database and never waits on a socket: each session has a
 //! bounded queue ([`QUEUE_CAPACITY`] events) that the hub fills with
 //! `try_send`. A message that does not fit closes that session with 1013
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -76,12 +78,17 @@ pub enum Event {
     },
 }
 
-/// The hub's side of one session: its queue and its close signal.
+/// The hub's side of one session: its queue, its close signal and its
+/// access-changed signal.
 #[derive(Debug)]
 struct Link {
     id: u64,
     token_id: i64,
+    user_id: i64,
     queue: mpsc::Sender<Event>,
+    /// Holds one permit when the user's access may have shrunk: never
+    /// blocks, never lost, repeated signals coalesce.
+    access: Arc<Notify>,
     close: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
@@ -111,6 +118,7 @@ struct Inner {
     /// join has read: where the listener's catch-up starts after a reconnect.
     watermarks: Mutex<HashMap<i64, i64>>,
     tokens: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
+    users: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
     revoked: Mutex<VecDeque<(Instant, i64)>>,
     next_id: AtomicU64,
     admitted: AtomicUsize,
@@ -220,6 +228,31 @@ impl Hub {
         }
     }
 
+    /// Wakes every session of `user_id` to re-check the rooms it joined (its
+    /// role changed or it left a room). Never blocks, never reads the database.
+    pub fn access_changed(&self, user_id: i64) {
+        let users = self.inner.users.lock().expect("hub lock");
+        if let Some(links) = users.get(&user_id) {
+            for link in links.values() {
+                link.access.notify_one();
+            }
+            tracing::debug!(
+                user_id,
+                sockets = links.len(),
+                "access changed: re-checking joined rooms"
+            );
+        }
+    }
+
+    /// Wakes every session to re-check its joined rooms: after the listener
+    /// (re)connects, for access changes it may have missed meanwhile.
+    pub fn access_changed_for_all(&self) {
+        let users = self.inner.users.lock().expect("hub lock");
+        for link in users.values().flat_map(HashMap::values) {
+            link.access.notify_one();
+        }
+    }
+
     /// Reserves one of `max` session slots, or `None` when all are taken. The
     /// slot is freed when the returned guard drops.
     pub fn admit(&self, max: usize) -> Option<Admission> {
@@ -241,15 +274,17 @@ impl Hub {
         }
     }
 
-    /// Registers a session authenticated by `token_id`: its queue and its
-    /// close signal. Fails when the token was revoked in the meantime.
-    pub fn register(&self, token_id: i64) -> Option<Registration> {
+    /// Registers a session of `user_id` authenticated by `token_id`: its
+    /// queue and its signals. Fails when the token was revoked in the meantime.
+    pub fn register(&self, token_id: i64, user_id: i64) -> Option<Registration> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let link = Arc::new(Link {
             id,
             token_id,
+            user_id,
             queue: tx,
+            access: Arc::new(Notify::new()),
             close: CancellationToken::new(),
             reason: OnceLock::new(),
         });
@@ -263,6 +298,13 @@ impl Hub {
             }
             drop(revoked);
             tokens.entry(token_id).or_default().insert(id, link.clone());
+            self.inner
+                .users
+                .lock()
+                .expect("hub lock")
+                .entry(user_id)
+                .or_default()
+                .insert(id, link.clone());
         }
         self.inner.registered.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(m::WS_SESSIONS).increment(1.0);
@@ -272,6 +314,17 @@ impl Hub {
             rooms: Vec::new(),
             queue: rx,
         })
+    }
+
+    /// Tokens of this process's open sessions.
+    pub fn session_tokens(&self) -> Vec<i64> {
+        self.inner
+            .tokens
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Raises the room's watermark to `seq` (see [`Hub::room_cursors`]).
@@ -356,6 +409,12 @@ impl Registration {
         self.link.close.clone()
     }
 
+    /// Notified when the user's access may have shrunk ([`Hub::access_changed`]);
+    /// a signal sent while nobody waits is kept for the next wait.
+    pub fn access_signal(&self) -> Arc<Notify> {
+        self.link.access.clone()
+    }
+
     /// Why the hub closed this session, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.link.reason.get().copied()
@@ -420,6 +479,14 @@ impl Drop for Registration {
                 tokens.remove(&self.link.token_id);
             }
         }
+        drop(tokens);
+        let mut users = self.hub.inner.users.lock().expect("hub lock");
+        if let Some(links) = users.get_mut(&self.link.user_id) {
+            links.remove(&self.link.id);
+            if links.is_empty() {
+                users.remove(&self.link.user_id);
+            }
+        }
         self.hub.inner.registered.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!(m::WS_SESSIONS).decrement(1.0);
     }
@@ -449,8 +516,8 @@ mod tests {
     #[test]
     fn one_encoding_is_shared_by_every_subscriber() {
         let hub = Hub::new();
-        let mut a = hub.register(1).unwrap();
-        let mut b = hub.register(2).unwrap();
+        let mut a = hub.register(1, 1).unwrap();
+        let mut b = hub.register(2, 2).unwrap();
         a.subscribe(7);
         b.subscribe(7);
         hub.publish_message(&message(7, 1));
@@ -467,8 +534,8 @@ mod tests {
     #[test]
     fn a_full_queue_closes_with_1013_and_typing_is_dropped_first() {
         let hub = Hub::new();
-        let mut slow = hub.register(1).unwrap();
-        let mut typist = hub.register(2).unwrap();
+        let mut slow = hub.register(1, 1).unwrap();
+        let mut typist = hub.register(2, 2).unwrap();
         slow.subscribe(1);
         typist.subscribe(1);
         for seq in 1..=(QUEUE_CAPACITY as i64 - TYPING_HEADROOM as i64 + 1) {
@@ -489,14 +556,36 @@ mod tests {
     #[test]
     fn revocation_closes_current_and_refuses_late_sessions() {
         let hub = Hub::new();
-        let a = hub.register(5).unwrap();
-        let other = hub.register(6).unwrap();
+        let a = hub.register(5, 5).unwrap();
+        let other = hub.register(6, 6).unwrap();
         hub.revoke_token(5);
         assert_eq!(a.close_reason(), Some(CloseReason::Revoked));
         assert_eq!(other.close_reason(), None);
-        assert!(hub.register(5).is_none());
+        assert!(hub.register(5, 5).is_none());
         drop((a, other));
         assert_eq!(hub.session_count(), 0);
+    }
+
+    #[test]
+    fn access_changes_wake_every_session_of_the_user_and_no_other() {
+        let hub = Hub::new();
+        let a = hub.register(1, 10).unwrap();
+        let b = hub.register(2, 10).unwrap();
+        let other = hub.register(3, 11).unwrap();
+        hub.access_changed(10);
+        hub.access_changed(10); // coalesces
+        hub.access_changed(99); // nobody: a no-op
+        let woken = |r: &Registration| {
+            use futures_util::FutureExt;
+            r.access_signal().notified().now_or_never().is_some()
+        };
+        assert!(woken(&a) && woken(&b));
+        assert!(!woken(&a), "one permit for repeated signals");
+        assert!(!woken(&other));
+        hub.access_changed_for_all();
+        assert!(woken(&a) && woken(&b) && woken(&other));
+        drop((a, b, other));
+        assert!(hub.inner.users.lock().unwrap().is_empty());
     }
 
     #[test]

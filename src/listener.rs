@@ -6,7 +6,8 @@
 //! connection. When the connection drops it reconnects with backoff, then
 //! catches up every room with joined sockets from the database, so nothing
 //! committed while it was away is lost; the hub drops what a socket already
-//! has, so nothing arrives twice.
+//! has, so nothing arrives twice. Access changes it may have missed are
+//! covered by having every session re-check its joined rooms.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -93,6 +94,10 @@ async fn run(
         // Anything committed while we were not listening is read back now;
         // notifications that arrive meanwhile queue up on the connection.
         catch_up(&db, &hub, &at_loss).await;
+        revoke_missed(&db, &hub).await;
+        // Access changes announced meanwhile are lost: every session re-checks
+        // its joined rooms (those with none read nothing).
+        hub.access_changed_for_all();
 
         let mut notifications = std::pin::pin!(conn.notifications_stream());
         loop {
@@ -149,6 +154,7 @@ async fn handle(db: &Db, hub: &Hub, payload: &str) {
             Err(e) => tracing::warn!(room_id, seq, error = %e, "cannot fetch an announced message"),
         },
         Some(Event::Revoked { token_id }) => hub.revoke_token(token_id),
+        Some(Event::AccessChanged { user_id }) => hub.access_changed(user_id),
         None => tracing::debug!(payload, "ignoring an unknown notification"),
     }
 }
@@ -192,5 +198,29 @@ async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<i64, i64>) {
             }
             Err(e) => tracing::warn!(room_id, error = %e, "catch-up failed for a room"),
         }
+    }
+}
+
+/// Closes the sessions whose token was revoked while this process was not
+/// listening: a logout on another instance in that window sent its
+/// revocation to nobody here.
+async fn revoke_missed(db: &Db, hub: &Hub) {
+    let tokens = hub.session_tokens();
+    if tokens.is_empty() {
+        return;
+    }
+    let asked = tokens.clone();
+    let existing = db
+        .transaction(move |conn| {
+            async move { Ok::<_, DbError>(store::tokens::existing(conn, &asked).await?) }.boxed()
+        })
+        .await;
+    match existing {
+        Ok(existing) => {
+            for token_id in tokens.into_iter().filter(|t| !existing.contains(t)) {
+                hub.revoke_token(token_id);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot re-check session tokens after a reconnect"),
     }
 }

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
 use crate::store::activity::Connection;
+use crate::store::events::Event;
 
 /// `GET /api/admin/users` query.
 #[derive(Debug, Deserialize)]
@@ -55,8 +56,9 @@ pub struct PatchUserRequest {
 }
 
 /// `PATCH /api/admin/users/{id}`: changes a role. Every token of the user
-/// sees it on its next request (tokens carry no role), open sockets on their
-/// next visibility check.
+/// sees it on its next request (tokens carry no role). When the new role no
+/// longer sees every room, the user's open sockets on every instance re-check
+/// their joined rooms at once and leave those they may no longer see.
 #[tracing::instrument(skip_all, fields(admin_id = user.id, user_id = id))]
 pub async fn patch_user(
     State(state): State<AppState>,
@@ -65,13 +67,27 @@ pub async fn patch_user(
     Json(body): Json<PatchUserRequest>,
 ) -> Result<Json<UserView>, ApiError> {
     let role = Role::parse(&body.role)?;
+    // A member may lose rooms; an agent or admin sees them all anyway.
+    let may_shrink = !role.sees_every_room();
     let updated = state
         .db()
         .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::users::set_role(conn, id, role).await?) }.boxed()
+            async move {
+                let updated = store::users::set_role(conn, id, role).await?;
+                if updated.is_some() && may_shrink {
+                    // Delivered to every instance's listener once this commits.
+                    store::events::notify(conn, &Event::AccessChanged { user_id: id }).await?;
+                }
+                Ok::<_, ApiError>(updated)
+            }
+            .boxed()
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    if may_shrink {
+        // This instance's sockets react now, without waiting for the round trip.
+        state.hub().access_changed(id);
+    }
     tracing::info!(role = role.as_str(), "role changed");
     Ok(Json(updated.view()))
 }

@@ -19,6 +19,7 @@ use crate::domain::{ClientId, MessageBody, MessageView, RoomName, RoomView};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
+use crate::store::events::Event;
 use crate::store::messages::Cursor;
 
 /// Most `member_ids` a room may be created with in one request.
@@ -178,7 +179,9 @@ pub async fn add_member(
 
 /// `DELETE /api/rooms/{id}/members/{user_id}`: a user may leave; agents and
 /// admins may remove anyone. Removing a user who is not a member is a no-op
-/// (204), so a retried DELETE succeeds; an unknown user is 404.
+/// (204), so a retried DELETE succeeds; an unknown user is 404. A removed
+/// member's open sockets on every instance leave the room at once (unless
+/// their role still sees it).
 #[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
 pub async fn remove_member(
     State(state): State<AppState>,
@@ -187,7 +190,7 @@ pub async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let caller = user.id;
     let may_remove_others = user.role.sees_every_room();
-    state
+    let removed = state
         .db()
         .transaction(move |conn| {
             async move {
@@ -202,12 +205,21 @@ pub async fn remove_member(
                 if member != caller && store::users::by_id(conn, member).await?.is_none() {
                     return Err(ApiError::NotFound("no such user".into()));
                 }
-                store::rooms::remove_member(conn, room_id, member).await?;
-                Ok(())
+                let removed = store::rooms::remove_member(conn, room_id, member).await?;
+                if removed {
+                    // Delivered to every instance's listener once this commits.
+                    let event = Event::AccessChanged { user_id: member };
+                    store::events::notify(conn, &event).await?;
+                }
+                Ok(removed)
             }
             .boxed()
         })
         .await?;
+    if removed {
+        // This instance's sockets react now, without waiting for the round trip.
+        state.hub().access_changed(member);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -38,6 +38,13 @@ pub enum Event {
         /// The token's id.
         token_id: i64,
     },
+    /// A user's access may have shrunk (role changed, removed from a room):
+    /// their sockets re-check the rooms they joined everywhere.
+    #[serde(rename = "u")]
+    AccessChanged {
+        /// The user's id.
+        user_id: i64,
+    },
 }
 
 impl Event {
@@ -138,5 +145,18 @@ mod tests {
         );
         assert_eq!(Event::parse(r#"{"t":"x"}"#), None);
         assert_eq!(Event::parse("not json"), None);
+    }
+
+    #[test]
+    fn access_changes_travel_as_u_with_the_user_id() {
+        let event = Event::AccessChanged { user_id: 12 };
+        let payload = serde_json::to_string(&event).unwrap();
+        assert_eq!(payload, r#"{"t":"u","user_id":12}"#);
+        assert_eq!(Event::parse(&payload), Some(event));
+        assert_eq!(
+            serde_json::to_string(&Event::Revoked { token_id: 9 }).unwrap(),
+            r#"{"t":"r","token_id":9}"#,
+            "existing wire names unchanged"
+        );
     }
 }

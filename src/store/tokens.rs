@@ -45,3 +45,12 @@ pub async fn delete(conn: &mut AsyncPgConnection, token_id: i64) -> Result<bool,
         .await?;
     Ok(n > 0)
 }
+
+/// Which of `ids` still exist (the others were revoked).
+pub async fn existing(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<Vec<i64>, Error> {
+    auth_tokens::table
+        .filter(auth_tokens::id.eq_any(ids))
+        .select(auth_tokens::id)
+        .load(conn)
+        .await
+}

@@ -16,21 +16,17 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::{self, AuthUser};
+use crate::auth;
 use crate::db::DbError;
-use crate::domain::UserView;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store;
 
 /// Largest frame and message a client may send; above it the socket is closed with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -64,7 +60,7 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
     let Some(admission) = state.hub().admit(state.settings().max_sockets) else {
         return server_busy();
     };
-    let (user, view) = match authenticate(&state, &token).await {
+    let (user, view) = match auth::authenticate_user(&state, &token).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
@@ -165,37 +161,6 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
         _ => Err(ApiError::BadRequest(
             "missing or malformed Sec-WebSocket-Key".into(),
         )),
-    }
-}
-
-/// The caller and the user object of `hello`, in one query (the same token
-/// check as [`auth::authenticate`], which returns no `created_at`).
-async fn authenticate(state: &AppState, token: &str) -> Result<(AuthUser, UserView), ApiError> {
-    if token.is_empty() || token.len() > 256 {
-        return Err(ApiError::Unauthorized);
-    }
-    let hash = auth::hash_token(token);
-    let found = state
-        .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, DbError>(store::tokens::lookup(conn, &hash).await?) }.boxed()
-        })
-        .await?;
-    match found {
-        Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
-            let view = user.view();
-            Ok((
-                AuthUser {
-                    id: user.id,
-                    role: user.role(),
-                    username: user.username,
-                    display_name: user.display_name,
-                    token_id,
-                },
-                view,
-            ))
-        }
-        _ => Err(ApiError::Unauthorized),
     }
 }
 

@@ -8,6 +8,10 @@
 //! slow socket never stalls a transaction, and hub events keep draining
 //! while a send waits for the pool. Client frames are handled one at a time:
 //! the next one is read only after the previous one's reply is decided.
+//!
+//! When the hub says the user's access may have shrunk (a role change, a
+//! removal from a room, on any instance), a task re-checks every joined room
+//! and the session leaves those it may no longer see with a `left` frame.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -50,6 +55,8 @@ const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(5);
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// A write that stays blocked this long marks a slow consumer, whatever the heartbeat.
 const MIN_WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// Pause before retrying an access re-check that failed (pool busy, database down).
+const RECHECK_RETRY: Duration = Duration::from_millis(500);
 
 /// How the loop ended, and so how the socket is closed.
 #[derive(Debug)]
@@ -85,6 +92,9 @@ struct JoinRead {
 }
 
 type Filled = Result<Vec<(i64, u64, Vec<MessageView>)>, ApiError>;
+/// An access re-check's answer: the rooms (with their join epoch) the user
+/// may no longer see.
+type Rechecked = Result<Vec<(i64, u64)>, ApiError>;
 
 /// Runs a session on an upgraded socket until it ends.
 pub(super) async fn run<S>(
@@ -98,7 +108,7 @@ pub(super) async fn run<S>(
 {
     let _admission = admission;
     let mut ws = ws;
-    let Some(registration) = state.hub().register(user.token_id) else {
+    let Some(registration) = state.hub().register(user.token_id, user.id) else {
         // Logged out between the token check and now.
         let (code, reason) = CloseReason::Revoked.close_frame();
         let _ =
@@ -108,6 +118,7 @@ pub(super) async fn run<S>(
     let heartbeat = state.settings().heartbeat;
     let mut session = Session {
         close_signal: registration.close_signal(),
+        access_signal: registration.access_signal(),
         shutdown: state.shutdown().token(),
         write_limit: (heartbeat * 3).max(MIN_WRITE_LIMIT),
         heartbeat,
@@ -120,6 +131,8 @@ pub(super) async fn run<S>(
         out: Vec::new(),
         inflight: None,
         fill: None,
+        recheck: None,
+        recheck_at: None,
         last_heard: Instant::now(),
         typing: Bucket::new(),
         finishing: false,
@@ -140,6 +153,8 @@ struct Session<S> {
     ws: WebSocketStream<S>,
     reg: Registration,
     close_signal: CancellationToken,
+    /// Notified when the user's access may have shrunk.
+    access_signal: Arc<Notify>,
     shutdown: CancellationToken,
     rooms: HashMap<i64, RoomCursor>,
     epoch: u64,
@@ -149,6 +164,10 @@ struct Session<S> {
     inflight: Option<(Option<String>, JoinHandle<Done>)>,
     /// A hole fill: the rooms asked for and the task.
     fill: Option<(Vec<i64>, JoinHandle<Filled>)>,
+    /// An access re-check in flight.
+    recheck: Option<((), JoinHandle<Rechecked>)>,
+    /// When the next access re-check is due (set by the hub's signal).
+    recheck_at: Option<Instant>,
     last_heard: Instant,
     heartbeat: Duration,
     write_limit: Duration,
@@ -174,9 +193,16 @@ where
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shutdown.clone();
         let closed = self.close_signal.clone();
+        let access = self.access_signal.clone();
 
         loop {
             let gap_at = self.next_gap_deadline();
+            // Not while a join's read is in flight: that read may predate the
+            // change, so the re-check waits for its answer.
+            let recheck_due = self.recheck_at.is_some()
+                && self.recheck.is_none()
+                && self.rooms.values().all(RoomCursor::is_live);
+            let recheck_at = self.recheck_at;
             // Biased: hub events already queued go out before the reply to a
             // client frame read later, so a reply also tells the client that
             // everything published before it was delivered.
@@ -184,6 +210,19 @@ where
                 biased;
                 () = shutdown.cancelled() => return End::Close(1001, "server shutting down"),
                 () = closed.cancelled() => return hub_close(&self.reg),
+                () = access.notified() => {
+                    self.recheck_at = Some(Instant::now());
+                    Ok(())
+                }
+                () = sleep_until(recheck_at), if recheck_due => {
+                    self.start_recheck();
+                    Ok(())
+                }
+                rechecked = wait_slot(&mut self.recheck) => {
+                    self.recheck = None;
+                    self.on_rechecked(rechecked);
+                    Ok(())
+                }
                 Some(event) = self.reg.queue.recv() => {
                     self.on_event(event);
                     for _ in 1..EVENT_BATCH {
@@ -526,6 +565,80 @@ where
                 cursor.retry_gap(now);
             }
         }
+    }
+
+    /// Starts re-checking every joined room's visibility in one transaction
+    /// (nothing to read when no room is joined).
+    fn start_recheck(&mut self) {
+        self.recheck_at = None;
+        let asked: Vec<(i64, u64)> = self.rooms.iter().map(|(r, c)| (*r, c.epoch)).collect();
+        if asked.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        let user_id = self.user.id;
+        let task = self.state.shutdown().tracker().spawn(async move {
+            state
+                .db()
+                .transaction(move |conn| {
+                    async move {
+                        let mut lost = Vec::new();
+                        for (room_id, epoch) in asked {
+                            if !store::rooms::visible_to(conn, room_id, user_id).await? {
+                                lost.push((room_id, epoch));
+                            }
+                        }
+                        Ok::<_, ApiError>(lost)
+                    }
+                    .boxed()
+                })
+                .await
+        });
+        self.recheck = Some(((), task));
+    }
+
+    /// Leaves the rooms the re-check found invisible, unless they were left
+    /// or joined again meanwhile (that join checked visibility itself).
+    fn on_rechecked(&mut self, rechecked: Result<Rechecked, JoinError>) {
+        match rechecked {
+            Ok(Ok(lost)) => {
+                for (room_id, epoch) in lost {
+                    if self.rooms.get(&room_id).map(|c| c.epoch) == Some(epoch) {
+                        self.leave_lost(room_id);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not re-check joined rooms; will retry");
+                self.retry_recheck();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "access re-check task failed; will retry");
+                self.retry_recheck();
+            }
+        }
+    }
+
+    fn retry_recheck(&mut self) {
+        let retry = Instant::now() + RECHECK_RETRY;
+        // A signal that came meanwhile asks for a sooner one.
+        self.recheck_at = Some(self.recheck_at.map_or(retry, |at| at.min(retry)));
+    }
+
+    /// Stops delivering a room the user may no longer see and tells the
+    /// client with the frame a `leave` gets.
+    fn leave_lost(&mut self, room_id: i64) {
+        self.rooms.remove(&room_id);
+        self.reg.unsubscribe(room_id);
+        self.push(ServerFrame::Left {
+            room_id,
+            reference: None,
+        });
+        tracing::debug!(
+            session = self.reg.id(),
+            room_id,
+            "room no longer visible: left"
+        );
     }
 
     fn push(&mut self, frame: ServerFrame<'_>) {

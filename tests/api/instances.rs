@@ -16,7 +16,7 @@ use crate::ws_support::{connect, seed_room, seed_user, seed_users, seq_of, WsCli
 const CROSS_INSTANCE: Duration = Duration::from_secs(2);
 
 /// Two instances on one fresh database, each connecting as its own role.
-async fn two_instances(connection_limit: u32) -> (TestApp, TestApp, String, String) {
+pub(crate) async fn two_instances(connection_limit: u32) -> (TestApp, TestApp, String, String) {
     let db = Arc::new(cluster().create_database().await);
     let (role_a, role_b) = (create_role().await, create_role().await);
     let a = AppOptions::default()
@@ -62,7 +62,7 @@ async fn connections_of_role(database: &str, role: &str) -> i64 {
 }
 
 /// The pid of the role's LISTEN connection, once it is listening.
-async fn listener_pid(database: &str, role: &str) -> i64 {
+pub(crate) async fn listener_pid(database: &str, role: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let pid = admin_count(&format!(
@@ -264,7 +264,7 @@ async fn receive(ws: &mut WsClient, last: i64) -> Vec<i64> {
 }
 
 /// Runs statements on the cluster as the test harness.
-async fn admin_exec(sql: &str) {
+pub(crate) async fn admin_exec(sql: &str) {
     let url = format!(
         "{}?application_name=chatpool-tests",
         cluster().url("postgres")
@@ -279,7 +279,7 @@ async fn admin_exec(sql: &str) {
 }
 
 /// Waits until backend `pid` has left `pg_stat_activity`.
-async fn wait_until_gone(pid: i64) {
+pub(crate) async fn wait_until_gone(pid: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while admin_count(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
@@ -373,6 +373,33 @@ async fn a_notification_for_a_message_a_socket_already_has_is_not_delivered_twic
         assert_eq!(next, ack["message"]);
         assert_eq!(next["seq"], 4);
         assert!(ws.round_trip().await.is_empty(), "no second copy of seq 2");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_made_while_an_instance_is_not_listening_closes_its_sockets_once_it_listens_again()
+{
+    bounded(async {
+        let (a, b, _, role_b) = two_instances(10).await;
+        let session = api_client::register(&a, "erin").await;
+        let mut on_b = connect(&b, &session.token).await;
+        assert!(on_b.round_trip().await.is_empty());
+
+        // B goes deaf and cannot log back in while A logs the token out.
+        let pid = listener_pid(&b.db.name, &role_b).await;
+        admin_exec(&format!("ALTER ROLE {role_b} NOLOGIN")).await;
+        admin_exec(&format!("SELECT pg_terminate_backend({pid})")).await;
+        wait_until_gone(pid).await;
+        api_client::post(&a, "/api/auth/logout", &session.token, json!({}))
+            .await
+            .expect(204);
+        // The revocation went to nobody on B: its socket still works.
+        assert!(on_b.round_trip().await.is_empty());
+
+        // Once B listens again it finds the token gone and closes the socket.
+        admin_exec(&format!("ALTER ROLE {role_b} LOGIN")).await;
+        on_b.expect_close(1008).await;
     })
     .await;
 }

@@ -12,6 +12,7 @@ mod http_messages;
 mod http_rooms;
 mod instances;
 mod shutdown;
+mod ws_access;
 mod ws_delivery;
 mod ws_limits;
 mod ws_protocol;
