@@ -241,18 +241,4 @@ pub fn seqs(page: &Value) -> Vec<i64> {
         .collect()
 }
 
-/// A direct connection to the test's database as the harness (never counted
-/// as the server's), with `application_name`.
-pub async fn sql_client(app_db_url: &str, application_name: &str) -> tokio_postgres::Client {
-    let url = crate::helpers::with_params(
-        app_db_url,
-        &[("application_name".into(), application_name.into())],
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("test database connection");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
+pub use crate::helpers::sql_client;

@@ -11,8 +11,8 @@ use nix::sys::signal::Signal;
 
 use crate::cluster::cluster;
 use crate::helpers::{
-    admin_count, binary, bounded, spawn_app, wait_until_no_server_connections, AppOptions,
-    BinaryServer,
+    admin_count, binary, bounded, spawn_app, sql_client, wait_until_no_server_connections,
+    AppOptions, BinaryServer,
 };
 
 #[derive(diesel::QueryableByName)]
@@ -411,24 +411,13 @@ fn allow_traversal(path: &std::path::Path) {
 }
 
 async fn exec(url: &str, sql: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
+    let client = sql_client(url, "chatpool-tests").await;
     client.batch_execute(sql).await.unwrap();
-    drop(client);
-    let _ = task.await;
 }
 
 async fn query_count(url: &str, sql: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
-    let n: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
-    drop(client);
-    let _ = task.await;
-    n
+    let client = sql_client(url, "chatpool-tests").await;
+    client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

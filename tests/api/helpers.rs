@@ -290,25 +290,42 @@ impl Drop for BinaryServer {
     }
 }
 
-/// Runs a `SELECT count(*) …` on the cluster's `postgres` database as the test
-/// harness (never counted as the server's connections).
-pub async fn admin_count(sql: &str) -> i64 {
-    let url = with_params(
-        &cluster().url("postgres"),
-        &[("application_name".into(), "chatpool-tests".into())],
-    );
+/// A connection to `url` as the test harness, tagged `application_name`
+/// (never `chatpool`, so never counted as the server's). It closes when the
+/// client is dropped.
+pub async fn sql_client(url: &str, application_name: &str) -> tokio_postgres::Client {
+    let url = with_params(url, &[("application_name".into(), application_name.into())]);
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
-        .expect("admin connection");
-    let task = tokio::spawn(conn);
-    let n: i64 = client
+        .expect("harness connection");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// [`sql_client`] to the cluster's `postgres` database.
+async fn admin_client() -> tokio_postgres::Client {
+    sql_client(&cluster().url("postgres"), "chatpool-tests").await
+}
+
+/// Runs a `SELECT count(*) …` (any single `bigint`) on the cluster as the harness.
+pub async fn admin_count(sql: &str) -> i64 {
+    admin_client()
+        .await
         .query_one(sql, &[])
         .await
         .expect("admin query")
-        .get(0);
-    drop(client);
-    let _ = task.await;
-    n
+        .get(0)
+}
+
+/// Runs statements on the cluster as the harness.
+pub async fn admin_exec(sql: &str) {
+    admin_client()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect("admin statement");
 }
 
 /// Waits (up to 5 s) until `database` has no `application_name=chatpool`
@@ -333,19 +350,6 @@ pub async fn wait_until_no_server_connections(database: &str) {
 /// Roles are cluster-wide; each test makes its own.
 pub async fn create_role() -> String {
     let role = format!("r_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    let url = with_params(
-        &cluster().url("postgres"),
-        &[("application_name".into(), "chatpool-tests".into())],
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("admin connection");
-    let task = tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
-        .await
-        .expect("create role");
-    drop(client);
-    let _ = task.await;
+    admin_exec(&format!("CREATE ROLE {role} LOGIN SUPERUSER")).await;
     role
 }

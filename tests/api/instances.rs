@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use crate::api_client;
 use crate::cluster::cluster;
-use crate::helpers::{admin_count, bounded, create_role, AppOptions, TestApp};
+use crate::helpers::{
+    admin_count, admin_exec, bounded, create_role, sql_client, AppOptions, TestApp,
+};
 use crate::ws_support::{connect, seed_room, seed_user, seed_users, seq_of, WsClient};
 
 /// How fast a message must cross from one instance to another.
@@ -263,21 +265,6 @@ async fn receive(ws: &mut WsClient, last: i64) -> Vec<i64> {
     seqs
 }
 
-/// Runs statements on the cluster as the test harness.
-pub(crate) async fn admin_exec(sql: &str) {
-    let url = format!(
-        "{}?application_name=chatpool-tests",
-        cluster().url("postgres")
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("admin connection");
-    let task = tokio::spawn(conn);
-    client.batch_execute(sql).await.expect("admin statement");
-    drop(client);
-    let _ = task.await;
-}
-
 /// Waits until backend `pid` has left `pg_stat_activity`.
 pub(crate) async fn wait_until_gone(pid: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -350,11 +337,7 @@ async fn a_notification_for_a_message_a_socket_already_has_is_not_delivered_twic
         // Announce seq 2 again, as another instance's late notification would.
         let payload =
             json!({"t": "m", "room_id": room, "seq": 2, "message": replayed[1]}).to_string();
-        let url = format!("{}?application_name=chatpool-tests", app.db.url);
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = sql_client(&app.db.url, "chatpool-tests").await;
         client
             .execute("SELECT pg_notify('chatpool_events', $1)", &[&payload])
             .await

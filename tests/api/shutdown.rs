@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{cluster, TestDatabase};
-use crate::helpers::{bounded, wait_until_no_server_connections, BinaryServer};
+use crate::helpers::{bounded, sql_client, wait_until_no_server_connections, BinaryServer};
 
 /// A request whose body is only partly sent: in flight until [`HeldRequest::finish`].
 struct HeldRequest {
@@ -230,11 +230,7 @@ async fn a_drain_that_cannot_finish_ends_by_the_deadline_with_a_non_zero_exit_an
 /// Seeds `n` users with tokens and `rooms` rooms they all belong to, directly
 /// in the database (as the test harness, not the server).
 async fn seed(db: &TestDatabase, users: usize, rooms: usize) -> (Vec<String>, Vec<i64>) {
-    let url = format!("{}?application_name=chatpool-tests", db.url);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
+    let client = sql_client(&db.url, "chatpool-tests").await;
     let mut tokens = Vec::new();
     let mut user_ids = Vec::new();
     for i in 0..users {
@@ -276,8 +272,6 @@ async fn seed(db: &TestDatabase, users: usize, rooms: usize) -> (Vec<String>, Ve
             .unwrap();
         room_ids.push(room);
     }
-    drop(client);
-    let _ = task.await;
     (tokens, room_ids)
 }
 
@@ -369,11 +363,7 @@ async fn sigterm_closes_every_socket_with_1001_keeps_every_acked_message_and_lea
             .collect();
         // Let traffic flow until a good number of messages are committed.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}?application_name=chatpool-tests", db.url);
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = sql_client(&db.url, "chatpool-tests").await;
         loop {
             let n: i64 = client
                 .query_one("SELECT count(*) FROM messages", &[])

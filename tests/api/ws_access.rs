@@ -8,8 +8,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::api_client::call;
+use crate::helpers::admin_exec;
 use crate::helpers::{bounded, spawn_app, TestApp};
-use crate::instances::{admin_exec, listener_pid, two_instances, wait_until_gone};
+use crate::instances::{listener_pid, two_instances, wait_until_gone};
 use crate::ws_support::{connect, seed_room, seed_user, WsClient};
 
 /// How fast a socket must learn that a room was taken away.
