@@ -242,3 +242,13 @@ pub fn seqs(page: &Value) -> Vec<i64> {
 }
 
 pub use crate::helpers::sql_client;
+
+/// The `username`s of a `{"users": [...]}` body, in order.
+pub fn usernames(body: &serde_json::Value) -> Vec<String> {
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect()
+}

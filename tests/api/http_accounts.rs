@@ -11,7 +11,9 @@ use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api_client::{call, get, login, register, register_raw, sql_client, Session, PASSWORD};
+use crate::api_client::{
+    call, get, login, register, register_raw, sql_client, usernames, Session, PASSWORD,
+};
 use crate::helpers::{binary, bounded, spawn_app, AppOptions};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,29 +268,21 @@ async fn users_are_searched_by_prefix_in_username_order_within_limits() {
         for name in ["anna", "andy", "bert", "ann_x"] {
             register(&app, name).await;
         }
-        let names = |body: serde_json::Value| -> Vec<String> {
-            body["users"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|u| u["username"].as_str().unwrap().to_owned())
-                .collect()
-        };
         let found = get(&app, "/api/users?prefix=an", &me.token)
             .await
             .expect(200);
-        assert_eq!(names(found), ["andy", "ann_x", "anna"]);
+        assert_eq!(usernames(&found), ["andy", "ann_x", "anna"]);
         // `_` is a literal, not a wildcard; uppercase input is lowercased.
         let found = get(&app, "/api/users?prefix=ANN_", &me.token)
             .await
             .expect(200);
-        assert_eq!(names(found), ["ann_x"]);
+        assert_eq!(usernames(&found), ["ann_x"]);
         let found = get(&app, "/api/users?prefix=an&limit=1", &me.token)
             .await
             .expect(200);
-        assert_eq!(names(found), ["andy"]);
+        assert_eq!(usernames(&found), ["andy"]);
         let all = get(&app, "/api/users", &me.token).await.expect(200);
-        assert_eq!(names(all), ["andy", "ann_x", "anna", "bert", "zed"]);
+        assert_eq!(usernames(&all), ["andy", "ann_x", "anna", "bert", "zed"]);
         for bad in ["limit=0", "limit=101", "limit=-1", "limit=abc", "limit=1.5"] {
             get(&app, &format!("/api/users?{bad}"), &me.token)
                 .await

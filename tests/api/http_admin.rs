@@ -10,19 +10,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::api_client::{
-    call, create_room, get, id_of, post_message, register, sql_client, user_with_role, PASSWORD,
+    call, create_room, get, id_of, post_message, register, sql_client, user_with_role, usernames,
+    PASSWORD,
 };
 use crate::cluster::cluster;
 use crate::helpers::{binary, bounded, spawn_app, AppOptions, BinaryServer};
-
-fn usernames(body: &Value) -> Vec<String> {
-    body["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["username"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_users_pages_by_id_with_after_id_and_limit() {
