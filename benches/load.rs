@@ -221,11 +221,12 @@ impl Server {
                                 &store::users::NewUser {
                                     username,
                                     display_name: username,
-                                    role: "member",
+                                    role: chatpool::domain::Role::Member,
                                     password_hash: "not-a-hash",
                                 },
                             )
-                            .await?;
+                            .await?
+                            .ok_or_else(|| ApiError::Conflict("username is taken".into()))?;
                             let (token, hash) = auth::new_token();
                             store::tokens::insert(conn, user.id, &hash).await?;
                             rows.push((user.id, token));

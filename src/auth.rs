@@ -1,26 +1,17 @@
-//! Who is calling: bearer tokens, password hashing, and the [`AuthUser`]
-//! extractor.
+//! Who is calling: bearer tokens and the [`AuthUser`] they resolve to.
 //!
 //! Tokens are 256 random bits shown to the client once and stored only as a
 //! SHA-256 hash. Every request looks its token up (one indexed query), so a
-//! logout or a role change applies at once. Argon2id hashing runs on the
-//! blocking pool behind a semaphore, so a burst of logins cannot starve the
-//! async workers or hold pooled connections while it hashes.
+//! logout or a role change applies at once. Password hashing lives in
+//! [`crate::passwords`]; the HTTP extractor in `http::extract`.
 
-use std::sync::Arc;
-
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
-use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
-use crate::db::DbError;
-use crate::domain::{AuthorView, Password, Role, UserView};
+use crate::domain::{AuthorView, Role, UserView};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
@@ -99,16 +90,14 @@ pub async fn authenticate_user(
     let hash = hash_token(token);
     let found = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, DbError>(store::tokens::lookup(conn, &hash).await?) }.boxed()
-        })
+        .run(move |c| async move { store::tokens::lookup(c, &hash).await }.boxed())
         .await?;
     match found {
         Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
             let view = user.view();
             let caller = AuthUser {
                 id: user.id,
-                role: user.role(),
+                role: user.role,
                 username: user.username,
                 display_name: user.display_name,
                 token_id,
@@ -124,94 +113,4 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        authenticate(state, token).await
-    }
-}
-
-/// Argon2id hashing off the async workers, a bounded number at a time.
-#[derive(Clone)]
-pub struct Passwords {
-    permits: Arc<Semaphore>,
-    /// A real hash to verify against when the user does not exist, so a
-    /// failed login takes as long whether or not the username is known.
-    decoy: Arc<str>,
-}
-
-impl Passwords {
-    /// At most `concurrency` hashes run at once.
-    pub fn new(concurrency: usize) -> Self {
-        let salt =
-            SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16 bytes is a valid salt");
-        let decoy = Argon2::default()
-            .hash_password(b"decoy password for unknown users", &salt)
-            .expect("argon2 hashes")
-            .to_string();
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            decoy: decoy.into(),
-        }
-    }
-
-    /// Hashes a password (PHC string).
-    ///
-    /// # Errors
-    /// When the blocking task fails.
-    pub async fn hash(&self, password: Password) -> Result<String, ApiError> {
-        self.blocking(move || {
-            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-                .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-            Argon2::default()
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
-        })
-        .await
-    }
-
-    /// Whether `password` matches `stored` (or the decoy when `stored` is `None`,
-    /// which never matches).
-    ///
-    /// # Errors
-    /// When the blocking task fails.
-    pub async fn verify(
-        &self,
-        password: Password,
-        stored: Option<String>,
-    ) -> Result<bool, ApiError> {
-        let known = stored.is_some();
-        let stored = stored.unwrap_or_else(|| self.decoy.to_string());
-        let matches = self
-            .blocking(move || {
-                let parsed =
-                    PasswordHash::new(&stored).map_err(|e| anyhow::anyhow!("stored hash: {e}"))?;
-                Ok(Argon2::default()
-                    .verify_password(password.expose().as_bytes(), &parsed)
-                    .is_ok())
-            })
-            .await?;
-        Ok(known && matches)
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .map_err(ApiError::Internal)
-    }
 }

@@ -3,14 +3,15 @@
 
 use futures_util::FutureExt;
 
+use crate::announce::commit_and_announce;
 use crate::auth::AuthUser;
 use crate::db::DbError;
 use crate::domain::{ClientId, MessageBody, MessageView};
 use crate::error::ApiError;
+use crate::events::Event;
 use crate::metrics as m;
 use crate::state::AppState;
 use crate::store;
-use crate::store::events::Event;
 
 /// The outcome of a send.
 #[derive(Debug, Clone)]
@@ -45,15 +46,13 @@ impl From<ApiError> for Attempt {
     }
 }
 
-/// Stores a message in `room_id` from `user` and publishes it to the hub once
-/// committed.
+/// Stores a message in `room_id` from `user` and announces it once committed.
 ///
 /// In one transaction: check the room is visible to the user, return the
-/// original for a repeated `(author, client_id)`, else take the next seq,
-/// insert, and `NOTIFY` the other instances (delivered only on commit). The
-/// connection is released before this process publishes to its own hub, so no
-/// pooled connection is held while sockets are written; the hub drops the
-/// second copy that comes back through this process's listener.
+/// original for a repeated `(author, client_id)`, else take the next seq and
+/// insert; [`commit_and_announce`] tells every instance. The connection is
+/// released before this process publishes to its own hub, so no pooled
+/// connection is held while sockets are written.
 ///
 /// # Errors
 /// `not_found` for a room the user may not see; `db_busy`, `db_timeout`,
@@ -70,54 +69,45 @@ pub async fn send_message(
     let mut raced_once = false;
     loop {
         let (author, body, client_id) = (author.clone(), body.clone(), client_id.clone());
-        let attempt = state
-            .db()
-            .transaction(move |conn| {
-                async move {
-                    if !store::rooms::visible_to(conn, room_id, author.id).await? {
-                        return Err(Attempt::Failed(ApiError::NotFound("no such room".into())));
-                    }
-                    let client_id = client_id.as_ref().map(ClientId::as_str);
-                    if let Some(cid) = client_id {
-                        if let Some(original) =
-                            store::messages::by_client_id(conn, author.id, cid).await?
-                        {
-                            return Ok(Sent {
-                                message: original,
-                                created: false,
-                            });
-                        }
-                    }
-                    match store::messages::insert_next(
-                        conn,
-                        room_id,
-                        &author,
-                        body.as_str(),
-                        client_id,
-                    )
-                    .await
+        let attempt = commit_and_announce(state, move |conn, outbox| {
+            async move {
+                if !store::rooms::visible_to(conn, room_id, author.id).await? {
+                    return Err(Attempt::Failed(no_room()));
+                }
+                let client_id = client_id.as_ref().map(ClientId::as_str);
+                if let Some(cid) = client_id {
+                    if let Some(original) =
+                        store::messages::by_client_id(conn, author.id, cid).await?
                     {
-                        Ok(Some(message)) => {
-                            // Every instance's listener gets it once this commits.
-                            store::events::notify(conn, &Event::message(&message)).await?;
-                            Ok(Sent {
-                                message,
-                                created: true,
-                            })
-                        }
-                        Ok(None) => Err(Attempt::Failed(ApiError::NotFound("no such room".into()))),
-                        Err(e) if store::is_unique_violation(&e) => Err(Attempt::Raced),
-                        Err(e) => Err(e.into()),
+                        return Ok(Sent {
+                            message: original,
+                            created: false,
+                        });
                     }
                 }
-                .boxed()
-            })
-            .await;
+                let inserted =
+                    store::messages::insert_next(conn, room_id, &author, body.as_str(), client_id)
+                        .await;
+                match inserted {
+                    Ok(Some(message)) => {
+                        outbox.announce(Event::Message(message.clone()));
+                        Ok(Sent {
+                            message,
+                            created: true,
+                        })
+                    }
+                    Ok(None) => Err(Attempt::Failed(no_room())),
+                    Err(e) if store::is_unique_violation(&e) => Err(Attempt::Raced),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            .boxed()
+        })
+        .await;
         match attempt {
             Ok(sent) => {
                 if sent.created {
                     metrics::counter!(m::MESSAGES_TOTAL).increment(1);
-                    state.hub().publish_message(&sent.message);
                 }
                 return Ok(sent);
             }
@@ -131,4 +121,8 @@ pub async fn send_message(
             Err(Attempt::Failed(e)) => return Err(e),
         }
     }
+}
+
+fn no_room() -> ApiError {
+    ApiError::NotFound("no such room".into())
 }

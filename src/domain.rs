@@ -7,10 +7,14 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::ApiError;
+/// A value that breaks one of the SPEC's rules; the message says which.
+/// Clients see it as 400 `bad_request` (HTTP) or an `error` frame (WebSocket).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(String);
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(message.into())
+fn bad(message: impl Into<String>) -> Invalid {
+    Invalid(message.into())
 }
 
 /// `^[a-z0-9_.-]{3,32}$`.
@@ -20,7 +24,7 @@ pub struct Username(String);
 impl Username {
     /// # Errors
     /// `bad_request` when it does not match the SPEC's pattern.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let ok = (3..=32).contains(&raw.len())
             && raw
                 .bytes()
@@ -44,7 +48,7 @@ pub struct Password(String);
 impl Password {
     /// # Errors
     /// `bad_request` when shorter than 8 or longer than 256 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if (8..=256).contains(&raw.chars().count()) {
             Ok(Self(raw.to_owned()))
         } else {
@@ -71,7 +75,7 @@ pub struct DisplayName(String);
 impl DisplayName {
     /// # Errors
     /// `bad_request` when empty after trimming or over 64 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let trimmed = raw.trim();
         if (1..=64).contains(&trimmed.chars().count()) {
             Ok(Self(trimmed.to_owned()))
@@ -93,7 +97,7 @@ pub struct RoomName(String);
 impl RoomName {
     /// # Errors
     /// `bad_request` when empty after trimming or over 100 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let trimmed = raw.trim();
         if (1..=100).contains(&trimmed.chars().count()) {
             Ok(Self(trimmed.to_owned()))
@@ -115,7 +119,7 @@ pub struct MessageBody(String);
 impl MessageBody {
     /// # Errors
     /// `bad_request` when empty, only whitespace, or over 4000 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if raw.trim().is_empty() {
             return Err(bad("body must not be empty or only whitespace"));
         }
@@ -138,7 +142,7 @@ pub struct ClientId(String);
 impl ClientId {
     /// # Errors
     /// `bad_request` when empty or over 64 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if (1..=64).contains(&raw.chars().count()) {
             Ok(Self(raw.to_owned()))
         } else {
@@ -154,7 +158,23 @@ impl ClientId {
 
 /// What a user may do (SPEC §2): agents and admins see every room; admins own
 /// the admin endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Stored as its name in `users.role` (a `TEXT` column with a `CHECK`
+/// constraint); reading any other value is an error, never a silent default.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A chat user: sees the rooms they belong to.
@@ -166,6 +186,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 3] = [Role::Member, Role::Agent, Role::Admin];
+
     /// The stored and wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -177,7 +200,7 @@ impl Role {
 
     /// # Errors
     /// `bad_request` for anything but `member`, `agent`, `admin`.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw {
             "member" => Ok(Role::Member),
             "agent" => Ok(Role::Agent),
@@ -186,9 +209,19 @@ impl Role {
         }
     }
 
-    /// Agents and admins may see, join and post in every room.
+    /// Agents and admins may see, join and post in every room. The one
+    /// place that decides it: the SQL visibility check binds
+    /// [`Role::seeing_every_room`].
     pub fn sees_every_room(self) -> bool {
         self >= Role::Agent
+    }
+
+    /// The roles that see every room.
+    pub fn seeing_every_room() -> Vec<Role> {
+        Role::ALL
+            .into_iter()
+            .filter(|r| r.sees_every_room())
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::db::DbError;
+use crate::domain::Invalid;
 
 /// A failure reported to a client.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +38,42 @@ pub enum ApiError {
     /// Too many attempts; try again after the given seconds.
     #[error("too many attempts, retry in {0} s")]
     RateLimited(u64),
+    /// Known path, wrong method (405, with `Allow`).
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The process is shutting down and takes no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A capacity limit of this process (e.g. `CHATPOOL_MAX_SOCKETS`) is reached.
+    #[error("{0}")]
+    ServerBusy(String),
     /// The database failed in one of the ways the SPEC names.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(DbError),
     /// A bug or an unexpected failure; the cause is logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
+impl From<DbError> for ApiError {
+    /// A closed pool means the process is shutting down: no database failed.
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Closed => ApiError::ShuttingDown,
+            e => ApiError::Db(e),
+        }
+    }
+}
+
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
-        ApiError::Db(DbError::from(e))
+        DbError::from(e).into()
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 
@@ -85,6 +111,9 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge => "too_large",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::ServerBusy(_) => "server_busy",
             ApiError::Db(DbError::Other(_)) | ApiError::Internal(_) => "internal",
             ApiError::Db(e) => e.code(),
         }
@@ -100,6 +129,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ShuttingDown | ApiError::ServerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Db(DbError::Other(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -112,7 +143,10 @@ impl ApiError {
         match self {
             ApiError::RateLimited(secs) => Some(*secs),
             ApiError::Db(DbError::Busy | DbError::Timeout) => Some(1),
-            ApiError::Db(DbError::Unavailable(_) | DbError::ShuttingDown) => Some(5),
+            ApiError::ServerBusy(_) => Some(1),
+            ApiError::Db(DbError::Unavailable(_) | DbError::Closed) | ApiError::ShuttingDown => {
+                Some(5)
+            }
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 //! - [`ratelimit`]: failed-login throttling; [`manage`]: the operator commands.
 
+pub mod announce;
 pub mod auth;
 pub mod chat;
 pub mod cli;
@@ -25,11 +26,13 @@ pub mod db;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod manage;
 pub mod metrics;
+pub mod passwords;
 pub mod ratelimit;
 pub mod schema;
 pub mod shutdown;

@@ -16,11 +16,13 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::announce::deliver;
 use crate::db::{pool, Db, DbError};
+use crate::events::Event;
 use crate::hub::Hub;
 use crate::metrics as m;
 use crate::store;
-use crate::store::events::{Event, CHANNEL};
+use crate::store::events::{Payload, CHANNEL};
 
 /// First pause after a failed connect; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -138,25 +140,28 @@ async fn listen(
 
 /// Applies one notification to the hub.
 async fn handle(db: &Db, hub: &Hub, payload: &str) {
-    match Event::parse(payload) {
-        Some(Event::Message {
+    let event = match Payload::parse(payload) {
+        Some(Payload::Message {
             message: Some(message),
             ..
-        }) => hub.publish_message(&message),
-        Some(Event::Message {
+        }) => Event::Message(message),
+        Some(Payload::Message {
             room_id,
             seq,
             message: None,
         }) => match fetch(db, room_id, seq).await {
-            Ok(Some(message)) => hub.publish_message(&message),
-            Ok(None) => tracing::warn!(room_id, seq, "announced message not found"),
+            Ok(Some(message)) => Event::Message(message),
+            Ok(None) => return tracing::warn!(room_id, seq, "announced message not found"),
             // The room's next catch-up or a socket's rejoin recovers it.
-            Err(e) => tracing::warn!(room_id, seq, error = %e, "cannot fetch an announced message"),
+            Err(e) => {
+                return tracing::warn!(room_id, seq, error = %e, "cannot fetch an announced message")
+            }
         },
-        Some(Event::Revoked { token_id }) => hub.revoke_token(token_id),
-        Some(Event::AccessChanged { user_id }) => hub.access_changed(user_id),
-        None => tracing::debug!(payload, "ignoring an unknown notification"),
-    }
+        Some(Payload::Revoked { token_id }) => Event::Revoked { token_id },
+        Some(Payload::AccessChanged { user_id }) => Event::AccessChanged { user_id },
+        None => return tracing::debug!(payload, "ignoring an unknown notification"),
+    };
+    deliver(hub, &event);
 }
 
 async fn fetch(
@@ -164,10 +169,8 @@ async fn fetch(
     room_id: i64,
     seq: i64,
 ) -> Result<Option<crate::domain::MessageView>, DbError> {
-    db.transaction(move |conn| {
-        async move { Ok::<_, DbError>(store::messages::by_seq(conn, room_id, seq).await?) }.boxed()
-    })
-    .await
+    db.run(move |c| store::messages::by_seq(c, room_id, seq).boxed())
+        .await
 }
 
 /// Reads every room with joined sockets from where it stood when the
@@ -179,14 +182,7 @@ async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<i64, i64>) {
     for (room_id, now) in hub.room_cursors() {
         let after_seq = at_loss.get(&room_id).map_or(now, |then| (*then).min(now));
         let missed = db
-            .transaction(move |conn| {
-                async move {
-                    Ok::<_, DbError>(
-                        store::messages::since(conn, room_id, after_seq, CATCH_UP_LIMIT).await?,
-                    )
-                }
-                .boxed()
-            })
+            .run(move |c| store::messages::since(c, room_id, after_seq, CATCH_UP_LIMIT).boxed())
             .await;
         match missed {
             Ok(messages) => {
@@ -211,9 +207,7 @@ async fn revoke_missed(db: &Db, hub: &Hub) {
     }
     let asked = tokens.clone();
     let existing = db
-        .transaction(move |conn| {
-            async move { Ok::<_, DbError>(store::tokens::existing(conn, &asked).await?) }.boxed()
-        })
+        .run(move |c| async move { store::tokens::existing(c, &asked).await }.boxed())
         .await;
     match existing {
         Ok(existing) => {

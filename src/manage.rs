@@ -64,42 +64,34 @@ pub async fn user_add(
     display_name: Option<&str>,
     password: &str,
 ) -> anyhow::Result<String> {
-    let username = Username::parse(username).map_err(message)?;
-    let password = Password::parse(password).map_err(message)?;
-    let display_name =
-        DisplayName::parse(display_name.unwrap_or(username.as_str())).map_err(message)?;
+    let username = Username::parse(username)?;
+    let password = Password::parse(password)?;
+    let display_name = DisplayName::parse(display_name.unwrap_or(username.as_str()))?;
     with_database(settings, async |database| {
         crate::db::migrations::run_pending(&database.db)
             .await
             .context("applying migrations")?;
         // One hash, on the blocking pool, outside any transaction.
-        let hash = crate::auth::Passwords::new(1)
-            .hash(password)
-            .await
-            .map_err(message)?;
+        let hash = crate::passwords::Passwords::new(1).hash(password).await?;
         let name = username.as_str().to_owned();
         let user = database
             .db
-            .transaction(move |conn| {
+            .run(move |c| {
                 async move {
                     let new = NewUser {
                         username: username.as_str(),
                         display_name: display_name.as_str(),
-                        role: role.as_str(),
+                        role,
                         password_hash: &hash,
                     };
-                    match store::users::insert(conn, &new).await {
-                        Ok(user) => Ok(user.view()),
-                        Err(e) if store::is_unique_violation(&e) => {
-                            Err(ApiError::Conflict(format!("username {name:?} is taken")))
-                        }
-                        Err(e) => Err(e.into()),
-                    }
+                    store::users::insert(c, &new).await
                 }
                 .boxed()
             })
             .await
-            .map_err(message)?;
+            .map_err(|e| message(e.into()))?
+            .ok_or_else(|| anyhow::anyhow!("username {name:?} is taken"))?
+            .view();
         Ok(format!(
             "created user {} {:?} with role {}",
             user.id,
@@ -118,9 +110,7 @@ pub async fn db_connections(settings: &Settings) -> anyhow::Result<String> {
     let rows: Vec<Connection> = with_database(settings, async |database| {
         database
             .db
-            .transaction(|conn| {
-                async move { Ok::<_, DbError>(store::activity::connections(conn).await?) }.boxed()
-            })
+            .run(|c| store::activity::connections(c).boxed())
             .await
             .context("listing connections")
     })
@@ -156,10 +146,7 @@ pub async fn db_reap(settings: &Settings, idle_for: Duration) -> anyhow::Result<
     let reaped: Vec<Reaped> = with_database(settings, async |database| {
         database
             .db
-            .transaction(move |conn| {
-                async move { Ok::<_, DbError>(store::activity::reap_idle(conn, idle_for).await?) }
-                    .boxed()
-            })
+            .run(move |c| store::activity::reap_idle(c, idle_for).boxed())
             .await
             .context("terminating idle connections")
     })

@@ -1,14 +1,13 @@
 //! Prometheus metrics: names in one place, the recorder installed once.
 //!
-//! Pool gauges are read from the pool's own status when `/metrics` is scraped,
-//! so they are never stale; counters and histograms are recorded where the
-//! event happens.
+//! Counters and histograms are recorded where the event happens; pool gauges
+//! are read from the pool's own status when `/metrics` is scraped (see
+//! `http::ops`), so they are never stale. This module knows names, not the
+//! pool.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::db::Db;
 
 /// Pool capacity (`connection_limit - 1`).
 pub const DB_POOL_MAX_SIZE: &str = "chatpool_db_pool_max_size";
@@ -94,18 +93,4 @@ fn describe() {
         LISTENER_CATCH_UP_MESSAGES_TOTAL,
         "Messages read back after a reconnect"
     );
-}
-
-/// Renders the Prometheus text, with pool gauges read from `db` right now.
-pub fn render(db: &Db) -> String {
-    let status = db.pool().status();
-    metrics::gauge!(DB_POOL_MAX_SIZE).set(status.max_size as f64);
-    metrics::gauge!(DB_POOL_SIZE).set(status.size as f64);
-    metrics::gauge!(DB_POOL_AVAILABLE).set(status.available as f64);
-    metrics::gauge!(DB_POOL_WAITING).set(status.waiting as f64);
-    // Make sure the counters exist from the first scrape on.
-    metrics::counter!(DB_POOL_TIMEOUTS_TOTAL).increment(0);
-    metrics::counter!(MESSAGES_TOTAL).increment(0);
-    metrics::gauge!(WS_SESSIONS).increment(0.0);
-    handle().render()
 }

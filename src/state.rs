@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::passwords::Passwords;
 use crate::ratelimit::LoginLimiter;
 use crate::shutdown::Shutdown;
 

@@ -16,6 +16,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 use crate::metrics as m;
 pub use pool::{PgPool, PoolSettings};
@@ -35,9 +36,9 @@ pub enum DbError {
     /// PostgreSQL could not be reached or dropped the connection.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
-    /// The pool is closed because the process is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
+    /// The pool is closed: the process is shutting down.
+    #[error("the database pool is closed")]
+    Closed,
     /// Anything else: a bug or an unexpected database error.
     #[error("database error: {0}")]
     Other(#[source] DieselError),
@@ -50,7 +51,7 @@ impl DbError {
             DbError::Busy => "db_busy",
             DbError::Timeout => "db_timeout",
             DbError::Unavailable(_) => "db_unavailable",
-            DbError::ShuttingDown => "shutting_down",
+            DbError::Closed => "shutting_down",
             DbError::Other(_) => "internal",
         }
     }
@@ -98,6 +99,9 @@ fn is_connection_failure(message: &str) -> bool {
 /// The unit of work [`Db::transaction`] runs: a closure over the connection.
 pub type TxFn<'c, T, E> = BoxFuture<'c, Result<T, E>>;
 
+/// The one query [`Db::run`] runs: a `store` call on the connection.
+pub type QueryFn<'c, T> = BoxFuture<'c, diesel::QueryResult<T>>;
+
 /// The process's database: one pool plus the limits every use of it obeys.
 #[derive(Clone)]
 pub struct Db {
@@ -125,7 +129,7 @@ impl Db {
     ///
     /// # Errors
     /// [`DbError::Busy`] when none frees up in time, [`DbError::Unavailable`]
-    /// when a new one cannot be opened, [`DbError::ShuttingDown`] once closed.
+    /// when a new one cannot be opened, [`DbError::Closed`] once closed.
     pub async fn acquire(&self) -> Result<PooledConn, DbError> {
         self.acquire_within(self.max_wait).await
     }
@@ -142,7 +146,7 @@ impl Db {
                 DbError::Unavailable("no connection could be opened within the wait limit".into()),
             ),
             Err(_) => Err(DbError::Busy),
-            Ok(Err(PoolError::Closed)) => Err(DbError::ShuttingDown),
+            Ok(Err(PoolError::Closed)) => Err(DbError::Closed),
             Ok(Err(e)) => Err(DbError::Unavailable(e.to_string())),
         };
         metrics::histogram!(m::DB_POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -165,7 +169,7 @@ impl Db {
     ///
     /// # Errors
     /// Whatever `work` returns, or a [`DbError`] (converted into `E`) for
-    /// `db_busy`, `db_timeout`, `db_unavailable` and `shutting_down`.
+    /// `db_busy`, `db_timeout`, `db_unavailable` and a closed pool.
     pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send + 'static,
@@ -181,6 +185,23 @@ impl Db {
                 "transaction task failed: {e}"
             )))),
         }
+    }
+
+    /// Runs one `store` query with the limits and error mapping of
+    /// [`Db::transaction`]: for the many reads that are a single call, e.g.
+    /// `db.run(move |c| store::users::by_id(c, id).boxed())`.
+    ///
+    /// # Errors
+    /// As [`Db::transaction`], with the query's own failure as a [`DbError`].
+    pub async fn run<T, F>(&self, query: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> QueryFn<'c, T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.transaction(move |conn| {
+            async move { query(conn).await.map_err(DbError::from) }.boxed()
+        })
+        .await
     }
 
     /// Whether a connection can be had and answers, within `limit`.

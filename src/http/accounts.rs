@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::ClientAddr;
 use super::{Json, Query};
+use crate::announce::commit_and_announce;
 use crate::auth::{new_token, AuthUser};
 use crate::domain::{DisplayName, Password, Role, UserView, Username};
 use crate::error::ApiError;
+use crate::events::Event;
 use crate::state::AppState;
 use crate::store;
-use crate::store::events::Event;
 use crate::store::users::NewUser;
 
 /// `POST /api/auth/register` body.
@@ -65,18 +66,14 @@ pub async fn register(
                 let new = NewUser {
                     username: username.as_str(),
                     display_name: display_name.as_str(),
-                    role: Role::Member.as_str(),
+                    role: Role::Member,
                     password_hash: &hash,
                 };
-                let user = match store::users::insert(conn, &new).await {
-                    Ok(user) => user,
-                    Err(e) if store::is_unique_violation(&e) => {
-                        return Err(ApiError::Conflict("username is taken".into()))
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                let user = store::users::insert(conn, &new)
+                    .await?
+                    .ok_or_else(|| ApiError::Conflict("username is taken".into()))?;
                 store::tokens::insert(conn, user.id, &token_hash).await?;
-                Ok(user.view())
+                Ok::<_, ApiError>(user.view())
             }
             .boxed()
         })
@@ -113,9 +110,7 @@ pub async fn login(
     let name = username.as_str().to_owned();
     let user = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::users::by_username(conn, &name).await?) }.boxed()
-        })
+        .run(move |c| async move { store::users::by_username(c, &name).await }.boxed())
         .await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let matches = state.passwords().verify(password, stored).await?;
@@ -127,12 +122,7 @@ pub async fn login(
     let user_id = user.id;
     state
         .db()
-        .transaction(move |conn| {
-            async move {
-                Ok::<_, ApiError>(store::tokens::insert(conn, user_id, &token_hash).await?)
-            }
-            .boxed()
-        })
+        .run(move |c| async move { store::tokens::insert(c, user_id, &token_hash).await }.boxed())
         .await?;
     limiter.succeeded(username.as_str());
     tracing::info!(user_id, "logged in");
@@ -147,20 +137,15 @@ pub async fn login(
 #[tracing::instrument(skip_all, fields(user_id = user.id))]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     let token_id = user.token_id;
-    state
-        .db()
-        .transaction(move |conn| {
-            async move {
-                store::tokens::delete(conn, token_id).await?;
-                // Delivered to every instance's listener once this commits.
-                store::events::notify(conn, &Event::Revoked { token_id }).await?;
-                Ok::<_, ApiError>(())
-            }
-            .boxed()
-        })
-        .await?;
-    // This instance's sockets close now, without waiting for the round trip.
-    state.hub().revoke_token(token_id);
+    commit_and_announce(&state, move |conn, outbox| {
+        async move {
+            store::tokens::delete(conn, token_id).await?;
+            outbox.announce(Event::Revoked { token_id });
+            Ok::<_, ApiError>(())
+        }
+        .boxed()
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -169,9 +154,7 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Us
     let id = user.id;
     let found = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::users::by_id(conn, id).await?) }.boxed()
-        })
+        .run(move |c| store::users::by_id(c, id).boxed())
         .await?;
     // The token was valid a moment ago; the user was deleted since.
     found.map(|u| Json(u.view())).ok_or(ApiError::Unauthorized)
@@ -210,10 +193,7 @@ pub async fn users(
     }
     let users = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::users::with_prefix(conn, &prefix, limit).await?) }
-                .boxed()
-        })
+        .run(move |c| async move { store::users::with_prefix(c, &prefix, limit).await }.boxed())
         .await?;
     Ok(Json(UsersResponse {
         users: users.iter().map(|u| u.view()).collect(),

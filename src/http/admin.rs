@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 use super::accounts::{limit_in, UsersResponse};
 use super::extract::{AdminUser, Path};
 use super::{Json, Query};
+use crate::announce::commit_and_announce;
 use crate::domain::{Role, UserView};
 use crate::error::ApiError;
+use crate::events::Event;
 use crate::state::AppState;
 use crate::store;
 use crate::store::activity::Connection;
-use crate::store::events::Event;
 
 /// `GET /api/admin/users` query.
 #[derive(Debug, Deserialize)]
@@ -39,10 +40,7 @@ pub async fn users(
     }
     let users = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::users::after_id(conn, after_id, limit).await?) }
-                .boxed()
-        })
+        .run(move |c| store::users::after_id(c, after_id, limit).boxed())
         .await?;
     Ok(Json(UsersResponse {
         users: users.iter().map(|u| u.view()).collect(),
@@ -69,25 +67,18 @@ pub async fn patch_user(
     let role = Role::parse(&body.role)?;
     // A member may lose rooms; an agent or admin sees them all anyway.
     let may_shrink = !role.sees_every_room();
-    let updated = state
-        .db()
-        .transaction(move |conn| {
-            async move {
-                let updated = store::users::set_role(conn, id, role).await?;
-                if updated.is_some() && may_shrink {
-                    // Delivered to every instance's listener once this commits.
-                    store::events::notify(conn, &Event::AccessChanged { user_id: id }).await?;
-                }
-                Ok::<_, ApiError>(updated)
+    let updated = commit_and_announce(&state, move |conn, outbox| {
+        async move {
+            let updated = store::users::set_role(conn, id, role).await?;
+            if updated.is_some() && may_shrink {
+                outbox.announce(Event::AccessChanged { user_id: id });
             }
-            .boxed()
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    if may_shrink {
-        // This instance's sockets react now, without waiting for the round trip.
-        state.hub().access_changed(id);
-    }
+            Ok::<_, ApiError>(updated)
+        }
+        .boxed()
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
     tracing::info!(role = role.as_str(), "role changed");
     Ok(Json(updated.view()))
 }
@@ -187,9 +178,7 @@ pub async fn connections(
 ) -> Result<Json<ConnectionsResponse>, ApiError> {
     let connections = state
         .db()
-        .transaction(move |conn| {
-            async move { Ok::<_, ApiError>(store::activity::connections(conn).await?) }.boxed()
-        })
+        .run(move |c| store::activity::connections(c).boxed())
         .await?;
     Ok(Json(ConnectionsResponse { connections }))
 }

@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::auth::AuthUser;
+use crate::auth::{self, AuthUser};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -45,6 +45,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip()),
         ))
+    }
+}
+
+/// The caller of an authenticated endpoint: 401 `unauthorized` without a
+/// valid `Authorization: Bearer` token.
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = auth::bearer(parts).ok_or(ApiError::Unauthorized)?;
+        auth::authenticate(state, token).await
     }
 }
 

@@ -7,7 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use crate::db::DbError;
+use crate::db::{Db, DbError};
+use crate::metrics as m;
 use crate::state::AppState;
 
 /// Longest `/readyz` waits for the database.
@@ -34,7 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) | Err(DbError::Busy) if !state.shutdown().is_triggered() => {
             (StatusCode::OK, axum::Json(json!({"status": "ready"})))
         }
-        Err(DbError::ShuttingDown) | Ok(()) | Err(DbError::Busy) => (
+        Err(DbError::Closed) | Ok(()) | Err(DbError::Busy) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "shutting_down"})),
         ),
@@ -52,6 +53,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(state.db()),
+        render_metrics(state.db()),
     )
+}
+
+/// The Prometheus text, with pool gauges read from `db` right now.
+fn render_metrics(db: &Db) -> String {
+    let status = db.pool().status();
+    metrics::gauge!(m::DB_POOL_MAX_SIZE).set(status.max_size as f64);
+    metrics::gauge!(m::DB_POOL_SIZE).set(status.size as f64);
+    metrics::gauge!(m::DB_POOL_AVAILABLE).set(status.available as f64);
+    metrics::gauge!(m::DB_POOL_WAITING).set(status.waiting as f64);
+    // Make sure the counters exist from the first scrape on.
+    metrics::counter!(m::DB_POOL_TIMEOUTS_TOTAL).increment(0);
+    metrics::counter!(m::MESSAGES_TOTAL).increment(0);
+    metrics::gauge!(m::WS_SESSIONS).increment(0.0);
+    m::handle().render()
 }

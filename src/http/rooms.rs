@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 use super::accounts::limit_in;
 use super::extract::Path;
 use super::{Json, Query};
+use crate::announce::commit_and_announce;
 use crate::auth::AuthUser;
 use crate::chat;
 use crate::domain::{ClientId, MessageBody, MessageView, RoomName, RoomView};
 use crate::error::ApiError;
+use crate::events::Event;
 use crate::state::AppState;
 use crate::store;
-use crate::store::events::Event;
 use crate::store::messages::Cursor;
 
 /// Most `member_ids` a room may be created with in one request.
@@ -106,15 +107,12 @@ pub async fn list(
     let id = user.id;
     let rooms = state
         .db()
-        .transaction(move |conn| {
-            async move {
-                Ok::<_, ApiError>(if all {
-                    store::rooms::all(conn).await?
-                } else {
-                    store::rooms::for_member(conn, id).await?
-                })
+        .run(move |c| {
+            if all {
+                store::rooms::all(c).boxed()
+            } else {
+                store::rooms::for_member(c, id).boxed()
             }
-            .boxed()
         })
         .await?;
     Ok(Json(RoomsResponse { rooms }))
@@ -190,36 +188,27 @@ pub async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let caller = user.id;
     let may_remove_others = user.role.sees_every_room();
-    let removed = state
-        .db()
-        .transaction(move |conn| {
-            async move {
-                if !store::rooms::visible_to(conn, room_id, caller).await? {
-                    return Err(no_room());
-                }
-                if member != caller && !may_remove_others {
-                    return Err(ApiError::Forbidden(
-                        "only agents and admins remove other members".into(),
-                    ));
-                }
-                if member != caller && store::users::by_id(conn, member).await?.is_none() {
-                    return Err(ApiError::NotFound("no such user".into()));
-                }
-                let removed = store::rooms::remove_member(conn, room_id, member).await?;
-                if removed {
-                    // Delivered to every instance's listener once this commits.
-                    let event = Event::AccessChanged { user_id: member };
-                    store::events::notify(conn, &event).await?;
-                }
-                Ok(removed)
+    commit_and_announce(&state, move |conn, outbox| {
+        async move {
+            if !store::rooms::visible_to(conn, room_id, caller).await? {
+                return Err(no_room());
             }
-            .boxed()
-        })
-        .await?;
-    if removed {
-        // This instance's sockets react now, without waiting for the round trip.
-        state.hub().access_changed(member);
-    }
+            if member != caller && !may_remove_others {
+                return Err(ApiError::Forbidden(
+                    "only agents and admins remove other members".into(),
+                ));
+            }
+            if member != caller && store::users::by_id(conn, member).await?.is_none() {
+                return Err(ApiError::NotFound("no such user".into()));
+            }
+            if store::rooms::remove_member(conn, room_id, member).await? {
+                outbox.announce(Event::AccessChanged { user_id: member });
+            }
+            Ok(())
+        }
+        .boxed()
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

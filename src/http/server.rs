@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::db::DbError;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::state::AppState;
@@ -91,7 +90,7 @@ pub async fn serve(listener: TcpListener, router: Router, close: CancellationTok
 pub async fn drain_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let shutdown = state.shutdown();
     if shutdown.is_triggered() && !OPS_PATHS.contains(&request.uri().path()) {
-        return ApiError::Db(DbError::ShuttingDown).into_response();
+        return ApiError::ShuttingDown.into_response();
     }
     let _in_flight = InFlight::enter();
     shutdown.requests().track_future(next.run(request)).await

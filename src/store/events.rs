@@ -1,14 +1,17 @@
-//! Cross-instance events over PostgreSQL `NOTIFY`.
+//! The wire form of [`Event`]s between instances: PostgreSQL `NOTIFY` on one
+//! channel.
 //!
-//! Sent inside the transaction that causes them, so PostgreSQL delivers them
-//! only if it commits, and in commit order. Every instance's listener (see
-//! [`crate::listener`]) receives them, its own included.
+//! Sent inside the transaction that causes them (only through
+//! [`crate::announce::commit_and_announce`]), so PostgreSQL delivers them
+//! only if it commits, and in commit order. Every instance's listener
+//! receives them, its own included.
 
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::MessageView;
+use crate::events::Event;
 
 /// The one channel chatpool uses.
 pub const CHANNEL: &str = "chatpool_events";
@@ -20,7 +23,7 @@ pub const INLINE_LIMIT: usize = 7000;
 /// A notification payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t")]
-pub enum Event {
+pub enum Payload {
     /// A committed message; `message` is absent when it was too large to inline.
     #[serde(rename = "m")]
     Message {
@@ -47,10 +50,10 @@ pub enum Event {
     },
 }
 
-impl Event {
+impl Payload {
     /// The payload for a committed message: inline when it fits.
-    pub fn message(m: &MessageView) -> Event {
-        let inline = Event::Message {
+    pub fn message(m: &MessageView) -> Payload {
+        let inline = Payload::Message {
             room_id: m.room_id,
             seq: m.seq,
             message: Some(m.clone()),
@@ -59,7 +62,7 @@ impl Event {
         if fits {
             inline
         } else {
-            Event::Message {
+            Payload::Message {
                 room_id: m.room_id,
                 seq: m.seq,
                 message: None,
@@ -67,18 +70,30 @@ impl Event {
         }
     }
 
+    /// The payload announcing `event`.
+    pub fn of(event: &Event) -> Payload {
+        match event {
+            Event::Message(m) => Payload::message(m),
+            Event::Revoked { token_id } => Payload::Revoked {
+                token_id: *token_id,
+            },
+            Event::AccessChanged { user_id } => Payload::AccessChanged { user_id: *user_id },
+        }
+    }
+
     /// Parses a payload; `None` for anything unknown (a newer instance's event).
-    pub fn parse(payload: &str) -> Option<Event> {
+    pub fn parse(payload: &str) -> Option<Payload> {
         serde_json::from_str(payload).ok()
     }
 }
 
-/// Queues `event` for delivery when the current transaction commits.
+/// Queues `event` for delivery to every listener when the current
+/// transaction commits.
 pub async fn notify(
     conn: &mut AsyncPgConnection,
     event: &Event,
 ) -> Result<(), diesel::result::Error> {
-    let payload = serde_json::to_string(event)
+    let payload = serde_json::to_string(&Payload::of(event))
         .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(CHANNEL)
@@ -114,21 +129,21 @@ mod tests {
     #[test]
     fn small_messages_travel_inline_and_round_trip() {
         let m = message("hello");
-        let event = Event::message(&m);
+        let event = Payload::message(&m);
         let payload = serde_json::to_string(&event).unwrap();
-        assert_eq!(Event::parse(&payload), Some(event));
+        assert_eq!(Payload::parse(&payload), Some(event));
         assert!(
-            matches!(Event::parse(&payload), Some(Event::Message { message: Some(x), .. }) if x == m)
+            matches!(Payload::parse(&payload), Some(Payload::Message { message: Some(x), .. }) if x == m)
         );
     }
 
     #[test]
     fn large_messages_are_announced_by_room_and_seq() {
         let m = message(&"€".repeat(4000)); // 12000 bytes of UTF-8
-        let event = Event::message(&m);
+        let event = Payload::message(&m);
         assert_eq!(
             event,
-            Event::Message {
+            Payload::Message {
                 room_id: 3,
                 seq: 42,
                 message: None
@@ -140,21 +155,21 @@ mod tests {
     #[test]
     fn revocations_and_unknown_payloads_parse() {
         assert_eq!(
-            Event::parse(r#"{"t":"r","token_id":9}"#),
-            Some(Event::Revoked { token_id: 9 })
+            Payload::parse(r#"{"t":"r","token_id":9}"#),
+            Some(Payload::Revoked { token_id: 9 })
         );
-        assert_eq!(Event::parse(r#"{"t":"x"}"#), None);
-        assert_eq!(Event::parse("not json"), None);
+        assert_eq!(Payload::parse(r#"{"t":"x"}"#), None);
+        assert_eq!(Payload::parse("not json"), None);
     }
 
     #[test]
     fn access_changes_travel_as_u_with_the_user_id() {
-        let event = Event::AccessChanged { user_id: 12 };
+        let event = Payload::AccessChanged { user_id: 12 };
         let payload = serde_json::to_string(&event).unwrap();
         assert_eq!(payload, r#"{"t":"u","user_id":12}"#);
-        assert_eq!(Event::parse(&payload), Some(event));
+        assert_eq!(Payload::parse(&payload), Some(event));
         assert_eq!(
-            serde_json::to_string(&Event::Revoked { token_id: 9 }).unwrap(),
+            serde_json::to_string(&Payload::Revoked { token_id: 9 }).unwrap(),
             r#"{"t":"r","token_id":9}"#,
             "existing wire names unchanged"
         );

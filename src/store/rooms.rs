@@ -6,7 +6,7 @@ use diesel::result::Error;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::domain::RoomView;
+use crate::domain::{Role, RoomView};
 use crate::schema::{room_members, rooms};
 
 #[derive(QueryableByName)]
@@ -171,12 +171,13 @@ pub async fn visible_to(
     }
     let row: Visible = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM rooms r WHERE r.id = $1 AND ( \
-           EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.role IN ('agent', 'admin')) \
+           EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.role = ANY($3)) \
            OR EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2) \
          )) AS visible",
     )
     .bind::<BigInt, _>(room_id)
     .bind::<BigInt, _>(user_id)
+    .bind::<Array<Text>, _>(Role::seeing_every_room())
     .get_result(conn)
     .await?;
     Ok(row.visible)

@@ -1,8 +1,12 @@
 //! `users`: accounts and roles.
 
 use chrono::{DateTime, Utc};
+use diesel::deserialize::FromSql;
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::result::Error;
+use diesel::serialize::{Output, ToSql};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::{Role, UserView};
@@ -18,8 +22,8 @@ pub struct UserRow {
     pub username: String,
     /// Shown name.
     pub display_name: String,
-    /// Stored role name.
-    pub role: String,
+    /// Role.
+    pub role: Role,
     /// Argon2id PHC string.
     pub password_hash: String,
     /// Creation time.
@@ -27,18 +31,13 @@ pub struct UserRow {
 }
 
 impl UserRow {
-    /// The role (the table's CHECK constraint admits only the three names).
-    pub fn role(&self) -> Role {
-        Role::parse(&self.role).unwrap_or(Role::Member)
-    }
-
     /// The SPEC's user object.
     pub fn view(&self) -> UserView {
         UserView {
             id: self.id,
             username: self.username.clone(),
             display_name: self.display_name.clone(),
-            role: self.role(),
+            role: self.role,
             created_at: self.created_at,
         }
     }
@@ -52,22 +51,43 @@ pub struct NewUser<'a> {
     pub username: &'a str,
     /// Shown name.
     pub display_name: &'a str,
-    /// Role name.
-    pub role: &'a str,
+    /// Role.
+    pub role: Role,
     /// Argon2id PHC string.
     pub password_hash: &'a str,
 }
 
-/// Inserts a user.
-///
-/// # Errors
-/// A unique violation when the username is taken (see [`super::is_unique_violation`]).
-pub async fn insert(conn: &mut AsyncPgConnection, new: &NewUser<'_>) -> Result<UserRow, Error> {
-    diesel::insert_into(users::table)
+/// Inserts a user; `None` when the username is taken (the one place that
+/// tells a taken name from a failure, for the API and the CLI alike).
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    new: &NewUser<'_>,
+) -> Result<Option<UserRow>, Error> {
+    let inserted = diesel::insert_into(users::table)
         .values(new)
         .returning(UserRow::as_returning())
         .get_result(conn)
-        .await
+        .await;
+    match inserted {
+        Ok(user) => Ok(Some(user)),
+        Err(e) if super::is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl ToSql<Text, Pg> for Role {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+        <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+    }
+}
+
+impl FromSql<Text, Pg> for Role {
+    /// Anything but the three names is an error: the column's `CHECK`
+    /// constraint should make that impossible, and a guess would be worse.
+    fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let name = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Role::parse(&name).map_err(|_| format!("unknown role {name:?} in users.role").into())
+    }
 }
 
 /// Looks a user up by username.

@@ -24,7 +24,6 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth;
-use crate::db::DbError;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -47,7 +46,7 @@ pub fn socket_config() -> WebSocketConfig {
 /// shutdown tracker (the HTTP server stops caring once a connection upgrades).
 pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
     if state.shutdown().is_triggered() {
-        return ApiError::Db(DbError::ShuttingDown).into_response();
+        return ApiError::ShuttingDown.into_response();
     }
     let (mut parts, _body) = request.into_parts();
     let Some(token) = token_of(&parts) else {

@@ -72,11 +72,12 @@ pub async fn seed_named(app: &TestApp, names: Vec<String>, role: Role) -> Vec<Se
                         &store::users::NewUser {
                             username: &username,
                             display_name: &username,
-                            role: role.as_str(),
+                            role,
                             password_hash: "not-a-hash",
                         },
                     )
-                    .await?;
+                    .await?
+                    .ok_or_else(|| ApiError::Conflict("username is taken".into()))?;
                     let (token, hash) = auth::new_token();
                     let token_id = store::tokens::insert(conn, row.id, &hash).await?;
                     out.push(Seeded {
