@@ -10,9 +10,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::init::INIT_TMP_DIR;
 use super::runner::RunAs;
 use super::{EmbeddedError, PORT};
+
+/// Where `initdb` builds a new cluster before it is moved into place, so a
+/// failed init never leaves a half-made `postgres/` behind.
+pub(super) const INIT_TMP_DIR: &str = "postgres.init-tmp";
 
 /// `sizeof(sockaddr_un.sun_path)` on Linux: the socket path must be shorter.
 const MAX_SOCKET_PATH: usize = 107;

@@ -11,12 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::data_dir::chown_one;
+use super::data_dir::{chown_one, INIT_TMP_DIR};
 use super::process::{check_success, describe_output, run};
 use super::runner::Runner;
 use super::{EmbeddedError, EmbeddedPostgres, LOG_TARGET, SUPERUSER};
 
-pub(super) const INIT_TMP_DIR: &str = "postgres.init-tmp";
 /// Upper bound for `initdb` and the single-user `CREATE DATABASE`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(180);
 

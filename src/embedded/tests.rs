@@ -13,7 +13,7 @@ use nix::unistd::geteuid;
 
 use super::adopt::{write_owner, OWNER_FILE};
 use super::discovery::installed_bin_dir;
-use super::init::INIT_TMP_DIR;
+use super::data_dir::INIT_TMP_DIR;
 use super::*;
 
 #[test]
