@@ -13,10 +13,9 @@
 use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 
-use crate::db::{DbError, TxFn};
+use crate::db::{Db, DbError, TxFn};
 use crate::events::Event;
 use crate::hub::Hub;
-use crate::state::AppState;
 use crate::store;
 
 /// Events queued by a transaction; sent when (and only if) it commits.
@@ -32,36 +31,33 @@ impl Outbox {
     }
 }
 
-/// Runs `work` in one transaction ([`crate::db::Db::transaction`]: wait
-/// limit, time limit, error mapping); `NOTIFY`s what it queued in its
-/// [`Outbox`] before the commit, and publishes the same events to this
-/// instance's hub after it.
+/// Runs `work` in one transaction ([`Db::transaction`]: wait limit, time
+/// limit, error mapping); `NOTIFY`s what it queued in its [`Outbox`] before
+/// the commit (one statement for all of it), and publishes the same events
+/// to this instance's hub after it.
 ///
 /// # Errors
 /// Whatever `work` returns, or a [`DbError`] converted into `E`. Nothing is
 /// announced anywhere when it fails.
-pub async fn commit_and_announce<T, E, F>(state: &AppState, work: F) -> Result<T, E>
+pub async fn commit_and_announce<T, E, F>(db: &Db, hub: &Hub, work: F) -> Result<T, E>
 where
     F: for<'c> FnOnce(&'c mut AsyncPgConnection, &'c mut Outbox) -> TxFn<'c, T, E> + Send + 'static,
     E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     T: Send + 'static,
 {
-    let (value, outbox) = state
-        .db()
+    let (value, outbox) = db
         .transaction(move |conn| {
             async move {
                 let mut outbox = Outbox::default();
                 let value = work(&mut *conn, &mut outbox).await?;
-                for event in &outbox.events {
-                    store::events::notify(conn, event).await?;
-                }
+                store::events::notify(conn, &outbox.events).await?;
                 Ok::<_, E>((value, outbox))
             }
             .boxed()
         })
         .await?;
     for event in &outbox.events {
-        deliver(state.hub(), event);
+        deliver(hub, event);
     }
     Ok(value)
 }

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::domain::{AuthorView, Role, UserView};
 use crate::error::ApiError;
+use crate::ids::{TokenId, UserId};
 use crate::state::AppState;
 use crate::store;
 
@@ -20,7 +21,7 @@ use crate::store;
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// User id.
-    pub id: i64,
+    pub id: UserId,
     /// Login name.
     pub username: String,
     /// Shown name.
@@ -28,7 +29,7 @@ pub struct AuthUser {
     /// Role when the token was checked.
     pub role: Role,
     /// The token used, so logout can revoke exactly it.
-    pub token_id: i64,
+    pub token_id: TokenId,
 }
 
 impl AuthUser {

@@ -7,6 +7,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::ids::{MessageId, RoomId, Seq, UserId};
+
 /// A value that breaks one of the SPEC's rules; the message says which.
 /// Clients see it as 400 `bad_request` (HTTP) or an `error` frame (WebSocket).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,7 +241,7 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct UserView {
     /// User id.
-    pub id: i64,
+    pub id: UserId,
     /// Login name.
     pub username: String,
     /// Shown name.
@@ -255,25 +257,25 @@ pub struct UserView {
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomView {
     /// Room id.
-    pub id: i64,
+    pub id: RoomId,
     /// Room name.
     pub name: String,
     /// Creator's user id.
-    pub created_by: i64,
+    pub created_by: UserId,
     /// When the room was created.
     #[serde(serialize_with = "serialize_time")]
     pub created_at: DateTime<Utc>,
     /// Members (agents and admins reading a room are not members unless added).
     pub member_count: i64,
     /// Seq of the room's latest message (0 when empty).
-    pub last_seq: i64,
+    pub last_seq: Seq,
 }
 
 /// The author inside a message object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuthorView {
     /// User id.
-    pub id: i64,
+    pub id: UserId,
     /// Login name.
     pub username: String,
     /// Shown name.
@@ -284,11 +286,11 @@ pub struct AuthorView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MessageView {
     /// Message id.
-    pub id: i64,
+    pub id: MessageId,
     /// Room id.
-    pub room_id: i64,
+    pub room_id: RoomId,
     /// Position in the room: 1, 2, 3, … without gaps, in commit order.
-    pub seq: i64,
+    pub seq: Seq,
     /// Who sent it.
     pub author: AuthorView,
     /// The text.

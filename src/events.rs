@@ -7,6 +7,7 @@
 //! instance's hub directly after the commit.
 
 use crate::domain::MessageView;
+use crate::ids::{TokenId, UserId};
 
 /// A committed change that sockets (on any instance) must react to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,12 +17,12 @@ pub enum Event {
     /// A revoked token: its sockets close with 1008 everywhere.
     Revoked {
         /// The token's id.
-        token_id: i64,
+        token_id: TokenId,
     },
     /// A user's access may have shrunk (role changed, removed from a room):
     /// their sockets re-check the rooms they joined.
     AccessChanged {
         /// The user's id.
-        user_id: i64,
+        user_id: UserId,
     },
 }

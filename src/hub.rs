@@ -6,13 +6,28 @@
 //! or when a user's access may have shrunk (a role change, a removal from a
 //! room: the user's sessions are woken to re-check their rooms). It never
 //! touches the database and never waits on a socket: each session has a
-//! bounded queue ([`QUEUE_CAPACITY`] events) that the hub fills with
-//! `try_send`. A message that does not fit closes that session with 1013
-//! (the client resumes with `join` + `after_seq`); a typing event that does
-//! not fit is dropped. Every outgoing frame is serialised once and the same
-//! bytes are shared by every socket it goes to. Sessions drop seqs they have
-//! already delivered, so publishing a message twice (from any source) is
-//! harmless.
+//! bounded queue ([`QUEUE_CAPACITY`] deliveries) that the hub fills with
+//! `try_send`. A message that does not fit closes that session as a slow
+//! consumer (the client resumes with `join` + `after_seq`); a typing event
+//! that does not fit is dropped. Sessions drop seqs they have already
+//! delivered, so publishing a message twice (from any source) is harmless.
+//!
+//! The hub knows events, not wire frames: what it queues is a [`Delivery`]
+//! holding the committed data (the message; the room and the typing user),
+//! and how a session turns that into bytes, or a [`CloseReason`] into a close
+//! code, is the WebSocket layer's business. Every outgoing frame is still
+//! serialised once, and the same bytes are shared by every socket it goes to:
+//! one publish makes one [`Shared`] entry, and every queue it goes to gets an
+//! `Arc` of it. The entry caches its encoding in a `OnceLock`, filled by the
+//! first session that delivers it, through the encoder that session passes
+//! to [`Shared::encoded`]; every later session gets a cheap clone of those
+//! bytes (`Utf8Bytes` is reference-counted). An entry no session delivers (a
+//! second publish of a message the sockets already have, a room left
+//! meanwhile) is never encoded at all.
+
+mod delivery;
+
+pub use self::delivery::{Delivery, Shared, Typing};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,17 +35,16 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::MessageView;
+use crate::ids::{RoomId, Seq, TokenId, UserId};
 use crate::metrics as m;
-use crate::ws::protocol::{ServerFrame, TypingUser};
 
-/// Events a session's queue holds before it counts as a slow consumer.
+/// Deliveries a session's queue holds before it counts as a slow consumer.
 pub const QUEUE_CAPACITY: usize = 256;
 /// Typing events are only queued while the queue has at least this much room,
-/// so they are the first to go under pressure and never cause a 1013.
+/// so they are the first to go under pressure and never close a session.
 const TYPING_HEADROOM: usize = QUEUE_CAPACITY / 2;
 /// How long a revoked token is remembered, so a session that authenticated
 /// just before the logout and registers just after it is still closed.
@@ -38,44 +52,13 @@ const REVOKED_MEMORY: Duration = Duration::from_secs(300);
 /// At most this many recent revocations are remembered.
 const REVOKED_MAX: usize = 65_536;
 
-/// Why the hub closes a session.
+/// Why the hub closes a session (the WebSocket layer picks the close code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// Its token was revoked (logout): close code 1008.
+    /// Its token was revoked (logout).
     Revoked,
-    /// Its queue was full when a message had to go in: close code 1013.
+    /// Its queue was full when a message had to go in.
     SlowConsumer,
-}
-
-impl CloseReason {
-    /// The WebSocket close code and reason text.
-    pub fn close_frame(self) -> (u16, &'static str) {
-        match self {
-            CloseReason::Revoked => (1008, "token revoked"),
-            CloseReason::SlowConsumer => (1013, "slow consumer"),
-        }
-    }
-}
-
-/// What the hub puts in a session's queue.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A committed message of a room the session subscribed to.
-    Message {
-        /// The room.
-        room_id: i64,
-        /// Its seq, for ordering and de-duplication.
-        seq: i64,
-        /// The encoded `message` frame, shared by every recipient.
-        frame: Utf8Bytes,
-    },
-    /// Someone else is typing in a subscribed room.
-    Typing {
-        /// The room.
-        room_id: i64,
-        /// The encoded `typing` frame, shared by every recipient.
-        frame: Utf8Bytes,
-    },
 }
 
 /// The hub's side of one session: its queue, its close signal and its
@@ -83,9 +66,9 @@ pub enum Event {
 #[derive(Debug)]
 struct Link {
     id: u64,
-    token_id: i64,
-    user_id: i64,
-    queue: mpsc::Sender<Event>,
+    token_id: TokenId,
+    user_id: UserId,
+    queue: mpsc::Sender<Delivery>,
     /// Holds one permit when the user's access may have shrunk: never
     /// blocks, never lost, repeated signals coalesce.
     access: Arc<Notify>,
@@ -105,21 +88,21 @@ impl Link {
 pub struct HubStats {
     /// Sessions registered right now.
     pub sessions: usize,
-    /// Sessions closed with 1013 since start.
+    /// Sessions closed as slow consumers since start.
     pub slow_consumer_closes: u64,
-    /// Most events ever waiting in one session's queue (never above [`QUEUE_CAPACITY`]).
+    /// Most deliveries ever waiting in one session's queue (never above [`QUEUE_CAPACITY`]).
     pub queue_high_water: usize,
 }
 
 #[derive(Default)]
 struct Inner {
-    rooms: RwLock<HashMap<i64, HashMap<u64, Arc<Link>>>>,
+    rooms: RwLock<HashMap<RoomId, HashMap<u64, Arc<Link>>>>,
     /// Per subscribed room, the highest seq this process has published or a
     /// join has read: where the listener's catch-up starts after a reconnect.
-    watermarks: Mutex<HashMap<i64, i64>>,
-    tokens: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
-    users: Mutex<HashMap<i64, HashMap<u64, Arc<Link>>>>,
-    revoked: Mutex<VecDeque<(Instant, i64)>>,
+    watermarks: Mutex<HashMap<RoomId, Seq>>,
+    tokens: Mutex<HashMap<TokenId, HashMap<u64, Arc<Link>>>>,
+    users: Mutex<HashMap<UserId, HashMap<u64, Arc<Link>>>>,
+    revoked: Mutex<VecDeque<(Instant, TokenId)>>,
     next_id: AtomicU64,
     admitted: AtomicUsize,
     registered: AtomicUsize,
@@ -141,26 +124,21 @@ impl Hub {
 
     /// Delivers a committed message to every socket joined to its room: the
     /// single entry point for committed messages, whatever their source.
-    /// Encodes the `message` frame once; never blocks.
+    /// Makes one shared entry for every recipient; never blocks.
     pub fn publish_message(&self, message: &MessageView) {
         let rooms = self.inner.rooms.read().expect("hub lock");
         let Some(subscribers) = rooms.get(&message.room_id) else {
             return;
         };
         self.observe(message.room_id, message.seq);
-        let frame = ServerFrame::Message { message }.encode();
+        let shared = Shared::new(message.clone());
         for link in subscribers.values() {
-            let event = Event::Message {
-                room_id: message.room_id,
-                seq: message.seq,
-                frame: frame.clone(),
-            };
-            match link.queue.try_send(event) {
+            match link.queue.try_send(Delivery::Message(shared.clone())) {
                 Ok(()) => self.note_depth(link),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if link.reason.get().is_none() {
                         self.inner.slow_closes.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(session = link.id, "slow consumer: closing with 1013");
+                        tracing::info!(session = link.id, "slow consumer: closing the session");
                     }
                     link.close(CloseReason::SlowConsumer);
                 }
@@ -171,7 +149,13 @@ impl Hub {
 
     /// Tells the room's other subscribers that `user` is typing. Dropped for a
     /// session whose queue is more than half full.
-    pub fn publish_typing(&self, room_id: i64, from_session: u64, user_id: i64, username: &str) {
+    pub fn publish_typing(
+        &self,
+        room_id: RoomId,
+        from_session: u64,
+        user_id: UserId,
+        username: &str,
+    ) {
         let rooms = self.inner.rooms.read().expect("hub lock");
         let Some(subscribers) = rooms.get(&room_id) else {
             return;
@@ -179,30 +163,27 @@ impl Hub {
         if subscribers.len() < 2 {
             return;
         }
-        let frame = ServerFrame::Typing {
+        let shared = Shared::new(Typing {
             room_id,
-            user: TypingUser {
-                id: user_id,
-                username,
-            },
-        }
-        .encode();
+            user_id,
+            username: username.to_owned(),
+        });
         for link in subscribers.values() {
             if link.id == from_session || link.queue.capacity() < TYPING_HEADROOM {
                 continue;
             }
-            let event = Event::Typing {
-                room_id,
-                frame: frame.clone(),
-            };
-            if link.queue.try_send(event).is_ok() {
+            if link
+                .queue
+                .try_send(Delivery::Typing(shared.clone()))
+                .is_ok()
+            {
                 self.note_depth(link);
             }
         }
     }
 
-    /// Closes every socket authenticated by `token_id` (close code 1008).
-    pub fn revoke_token(&self, token_id: i64) {
+    /// Closes every socket authenticated by `token_id` ([`CloseReason::Revoked`]).
+    pub fn revoke_token(&self, token_id: TokenId) {
         {
             let mut revoked = self.inner.revoked.lock().expect("hub lock");
             let now = Instant::now();
@@ -221,7 +202,7 @@ impl Hub {
                 link.close(CloseReason::Revoked);
             }
             tracing::info!(
-                token_id,
+                token_id = token_id.0,
                 sockets = links.len(),
                 "token revoked: closing its sockets"
             );
@@ -230,14 +211,14 @@ impl Hub {
 
     /// Wakes every session of `user_id` to re-check the rooms it joined (its
     /// role changed or it left a room). Never blocks, never reads the database.
-    pub fn access_changed(&self, user_id: i64) {
+    pub fn access_changed(&self, user_id: UserId) {
         let users = self.inner.users.lock().expect("hub lock");
         if let Some(links) = users.get(&user_id) {
             for link in links.values() {
                 link.access.notify_one();
             }
             tracing::debug!(
-                user_id,
+                user_id = user_id.0,
                 sockets = links.len(),
                 "access changed: re-checking joined rooms"
             );
@@ -276,7 +257,7 @@ impl Hub {
 
     /// Registers a session of `user_id` authenticated by `token_id`: its
     /// queue and its signals. Fails when the token was revoked in the meantime.
-    pub fn register(&self, token_id: i64, user_id: i64) -> Option<Registration> {
+    pub fn register(&self, token_id: TokenId, user_id: UserId) -> Option<Registration> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let link = Arc::new(Link {
@@ -317,7 +298,7 @@ impl Hub {
     }
 
     /// Tokens of this process's open sessions.
-    pub fn session_tokens(&self) -> Vec<i64> {
+    pub fn session_tokens(&self) -> Vec<TokenId> {
         self.inner
             .tokens
             .lock()
@@ -328,7 +309,7 @@ impl Hub {
     }
 
     /// Raises the room's watermark to `seq` (see [`Hub::room_cursors`]).
-    pub fn observe(&self, room_id: i64, seq: i64) {
+    pub fn observe(&self, room_id: RoomId, seq: Seq) {
         let mut marks = self.inner.watermarks.lock().expect("hub lock");
         let mark = marks.entry(room_id).or_insert(seq);
         *mark = (*mark).max(seq);
@@ -338,7 +319,7 @@ impl Hub {
     /// published or read for each: everything at or below it reached the
     /// sockets or will be read back by their own hole filling; the listener
     /// catches up from here after a reconnect.
-    pub fn room_cursors(&self) -> Vec<(i64, i64)> {
+    pub fn room_cursors(&self) -> Vec<(RoomId, Seq)> {
         let rooms = self.inner.rooms.read().expect("hub lock");
         let marks = self.inner.watermarks.lock().expect("hub lock");
         rooms
@@ -347,7 +328,7 @@ impl Hub {
             .collect()
     }
 
-    fn forget_room(&self, room_id: i64) {
+    fn forget_room(&self, room_id: RoomId) {
         self.inner
             .watermarks
             .lock()
@@ -393,9 +374,9 @@ impl Drop for Admission {
 pub struct Registration {
     hub: Hub,
     link: Arc<Link>,
-    rooms: Vec<i64>,
-    /// Events for this session, in publish order.
-    pub queue: mpsc::Receiver<Event>,
+    rooms: Vec<RoomId>,
+    /// Deliveries for this session, in publish order.
+    pub queue: mpsc::Receiver<Delivery>,
 }
 
 impl Registration {
@@ -420,8 +401,15 @@ impl Registration {
         self.link.reason.get().copied()
     }
 
+    /// Tells the room's other subscribers that this session's user is typing
+    /// (see [`Hub::publish_typing`]).
+    pub fn publish_typing(&self, room_id: RoomId, user_id: UserId, username: &str) {
+        self.hub
+            .publish_typing(room_id, self.link.id, user_id, username);
+    }
+
     /// Starts queueing the room's events for this session (idempotent).
-    pub fn subscribe(&mut self, room_id: i64) {
+    pub fn subscribe(&mut self, room_id: RoomId) {
         if self.rooms.contains(&room_id) {
             return;
         }
@@ -437,7 +425,7 @@ impl Registration {
     }
 
     /// Stops queueing the room's events (events already queued stay).
-    pub fn unsubscribe(&mut self, room_id: i64) {
+    pub fn unsubscribe(&mut self, room_id: RoomId) {
         let Some(at) = self.rooms.iter().position(|r| *r == room_id) else {
             return;
         };
@@ -453,7 +441,7 @@ impl Registration {
     }
 
     /// Records that this session's join read the room up to `seq`.
-    pub fn observe(&self, room_id: i64, seq: i64) {
+    pub fn observe(&self, room_id: RoomId, seq: Seq) {
         self.hub.observe(room_id, seq);
     }
 }
@@ -493,107 +481,4 @@ impl Drop for Registration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::AuthorView;
-
-    fn message(room_id: i64, seq: i64) -> MessageView {
-        MessageView {
-            id: seq,
-            room_id,
-            seq,
-            author: AuthorView {
-                id: 1,
-                username: "ann".into(),
-                display_name: "Ann".into(),
-            },
-            body: "hi".into(),
-            client_id: None,
-            created_at: chrono::Utc::now(),
-        }
-    }
-
-    #[test]
-    fn one_encoding_is_shared_by_every_subscriber() {
-        let hub = Hub::new();
-        let mut a = hub.register(1, 1).unwrap();
-        let mut b = hub.register(2, 2).unwrap();
-        a.subscribe(7);
-        b.subscribe(7);
-        hub.publish_message(&message(7, 1));
-        hub.publish_message(&message(8, 1));
-        let (Ok(Event::Message { frame: fa, .. }), Ok(Event::Message { frame: fb, .. })) =
-            (a.queue.try_recv(), b.queue.try_recv())
-        else {
-            panic!("both got the message")
-        };
-        assert_eq!(fa.as_str().as_ptr(), fb.as_str().as_ptr(), "same bytes");
-        assert!(a.queue.try_recv().is_err(), "room 8 is not subscribed");
-    }
-
-    #[test]
-    fn a_full_queue_closes_with_1013_and_typing_is_dropped_first() {
-        let hub = Hub::new();
-        let mut slow = hub.register(1, 1).unwrap();
-        let mut typist = hub.register(2, 2).unwrap();
-        slow.subscribe(1);
-        typist.subscribe(1);
-        for seq in 1..=(QUEUE_CAPACITY as i64 - TYPING_HEADROOM as i64 + 1) {
-            hub.publish_message(&message(1, seq));
-        }
-        hub.publish_typing(1, typist.id(), 2, "bob");
-        let typing = std::iter::from_fn(|| slow.queue.try_recv().ok())
-            .filter(|e| matches!(e, Event::Typing { .. }))
-            .count();
-        assert_eq!(typing, 0, "typing dropped under pressure");
-        for seq in 1..=(QUEUE_CAPACITY as i64 + 1) {
-            hub.publish_message(&message(1, seq));
-        }
-        assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
-        assert!(hub.stats().queue_high_water <= QUEUE_CAPACITY);
-    }
-
-    #[test]
-    fn revocation_closes_current_and_refuses_late_sessions() {
-        let hub = Hub::new();
-        let a = hub.register(5, 5).unwrap();
-        let other = hub.register(6, 6).unwrap();
-        hub.revoke_token(5);
-        assert_eq!(a.close_reason(), Some(CloseReason::Revoked));
-        assert_eq!(other.close_reason(), None);
-        assert!(hub.register(5, 5).is_none());
-        drop((a, other));
-        assert_eq!(hub.session_count(), 0);
-    }
-
-    #[test]
-    fn access_changes_wake_every_session_of_the_user_and_no_other() {
-        let hub = Hub::new();
-        let a = hub.register(1, 10).unwrap();
-        let b = hub.register(2, 10).unwrap();
-        let other = hub.register(3, 11).unwrap();
-        hub.access_changed(10);
-        hub.access_changed(10); // coalesces
-        hub.access_changed(99); // nobody: a no-op
-        let woken = |r: &Registration| {
-            use futures_util::FutureExt;
-            r.access_signal().notified().now_or_never().is_some()
-        };
-        assert!(woken(&a) && woken(&b));
-        assert!(!woken(&a), "one permit for repeated signals");
-        assert!(!woken(&other));
-        hub.access_changed_for_all();
-        assert!(woken(&a) && woken(&b) && woken(&other));
-        drop((a, b, other));
-        assert!(hub.inner.users.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn admission_is_bounded() {
-        let hub = Hub::new();
-        let first = hub.admit(1).unwrap();
-        assert!(hub.admit(1).is_none());
-        drop(first);
-        assert!(hub.admit(1).is_some());
-    }
-}
+mod tests;

@@ -29,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod listener;
 pub mod manage;
 pub mod metrics;
@@ -40,4 +41,9 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod ws;
+
+pub use config::Settings;
+pub use startup::Application;

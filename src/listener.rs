@@ -20,9 +20,10 @@ use crate::announce::deliver;
 use crate::db::{pool, Db, DbError};
 use crate::events::Event;
 use crate::hub::Hub;
+use crate::ids::{RoomId, Seq};
 use crate::metrics as m;
 use crate::store;
-use crate::store::events::{Payload, CHANNEL};
+use crate::store::events::{unpack, Payload, CHANNEL};
 
 /// First pause after a failed connect; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -68,7 +69,7 @@ async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     // Where each room stood when the connection was lost.
-    let mut at_loss: HashMap<i64, i64> = HashMap::new();
+    let mut at_loss: HashMap<RoomId, Seq> = HashMap::new();
     loop {
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
@@ -138,36 +139,60 @@ async fn listen(
     Ok(conn)
 }
 
-/// Applies one notification to the hub.
+/// Applies one notification (one or more events) to the hub, in order.
 async fn handle(db: &Db, hub: &Hub, payload: &str) {
-    let event = match Payload::parse(payload) {
-        Some(Payload::Message {
+    let Some(items) = unpack(payload) else {
+        return tracing::debug!(payload, "ignoring an unknown notification");
+    };
+    for item in items {
+        if let Some(event) = resolve(db, item).await {
+            deliver(hub, &event);
+        }
+    }
+}
+
+/// The event a payload announces; a message too large to travel inline is
+/// read back from the database.
+async fn resolve(db: &Db, item: Payload) -> Option<Event> {
+    Some(match item {
+        Payload::Message {
             message: Some(message),
             ..
-        }) => Event::Message(message),
-        Some(Payload::Message {
+        } => Event::Message(message),
+        Payload::Message {
             room_id,
             seq,
             message: None,
-        }) => match fetch(db, room_id, seq).await {
+        } => match fetch(db, room_id, seq).await {
             Ok(Some(message)) => Event::Message(message),
-            Ok(None) => return tracing::warn!(room_id, seq, "announced message not found"),
+            Ok(None) => {
+                tracing::warn!(
+                    room_id = room_id.0,
+                    seq = seq.0,
+                    "announced message not found"
+                );
+                return None;
+            }
             // The room's next catch-up or a socket's rejoin recovers it.
             Err(e) => {
-                return tracing::warn!(room_id, seq, error = %e, "cannot fetch an announced message")
+                tracing::warn!(
+                    room_id = room_id.0,
+                    seq = seq.0,
+                    error = %e,
+                    "cannot fetch an announced message"
+                );
+                return None;
             }
         },
-        Some(Payload::Revoked { token_id }) => Event::Revoked { token_id },
-        Some(Payload::AccessChanged { user_id }) => Event::AccessChanged { user_id },
-        None => return tracing::debug!(payload, "ignoring an unknown notification"),
-    };
-    deliver(hub, &event);
+        Payload::Revoked { token_id } => Event::Revoked { token_id },
+        Payload::AccessChanged { user_id } => Event::AccessChanged { user_id },
+    })
 }
 
 async fn fetch(
     db: &Db,
-    room_id: i64,
-    seq: i64,
+    room_id: RoomId,
+    seq: Seq,
 ) -> Result<Option<crate::domain::MessageView>, DbError> {
     db.run(move |c| store::messages::by_seq(c, room_id, seq).boxed())
         .await
@@ -178,7 +203,7 @@ async fn fetch(
 /// and publishes what is newer. Messages this process published itself in
 /// the meantime raise the watermark but may sit above lost ones from other
 /// instances, hence the snapshot.
-async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<i64, i64>) {
+async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<RoomId, Seq>) {
     for (room_id, now) in hub.room_cursors() {
         let after_seq = at_loss.get(&room_id).map_or(now, |then| (*then).min(now));
         let missed = db
@@ -192,7 +217,7 @@ async fn catch_up(db: &Db, hub: &Hub, at_loss: &HashMap<i64, i64>) {
                     hub.publish_message(message);
                 }
             }
-            Err(e) => tracing::warn!(room_id, error = %e, "catch-up failed for a room"),
+            Err(e) => tracing::warn!(room_id = room_id.0, error = %e, "catch-up failed for a room"),
         }
     }
 }

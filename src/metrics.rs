@@ -27,6 +27,8 @@ pub const DB_TX_TIMEOUTS_TOTAL: &str = "chatpool_db_tx_timeouts_total";
 pub const WS_SESSIONS: &str = "chatpool_ws_sessions";
 /// Messages stored.
 pub const MESSAGES_TOTAL: &str = "chatpool_messages_total";
+/// Sends per group-commit batch (histogram).
+pub const SEND_BATCH_SIZE: &str = "chatpool_send_batch_size";
 /// HTTP requests answered, by method, route and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "chatpool_http_requests_total";
 /// HTTP requests being handled right now (what the shutdown drain waits for).
@@ -51,6 +53,11 @@ pub fn handle() -> &'static PrometheusHandle {
                 &[
                     0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
                 ],
+            )
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(SEND_BATCH_SIZE.to_owned()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
             )
             .expect("bucket list is not empty")
             .build_recorder();
@@ -81,6 +88,7 @@ fn describe() {
     );
     metrics::describe_gauge!(WS_SESSIONS, "Open WebSocket sessions");
     metrics::describe_counter!(MESSAGES_TOTAL, "Messages stored");
+    metrics::describe_histogram!(SEND_BATCH_SIZE, "Sends per group-commit batch");
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
     metrics::describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being handled");
     metrics::describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::chat::{Committer, CommitterLimits};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::hub::Hub;
@@ -21,6 +22,7 @@ struct Inner {
     db: Db,
     shutdown: Shutdown,
     hub: Hub,
+    committer: Committer,
     passwords: Passwords,
     login_limiter: LoginLimiter,
 }
@@ -29,12 +31,19 @@ impl AppState {
     /// Assembles the state; called once by [`crate::startup::Application::build`].
     pub fn new(settings: Settings, db: Db, shutdown: Shutdown) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let hub = Hub::new();
+        let limits = CommitterLimits::for_pool(
+            settings.database.pool_max_size(),
+            settings.database.max_wait,
+        );
+        let committer = Committer::spawn(db.clone(), hub.clone(), limits);
         Self {
             inner: Arc::new(Inner {
                 settings,
                 db,
                 shutdown,
-                hub: Hub::new(),
+                hub,
+                committer,
                 passwords: Passwords::new(cores),
                 login_limiter: LoginLimiter::default(),
             }),
@@ -61,6 +70,11 @@ impl AppState {
     /// Fan-out of committed messages and session events.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The group commit every send goes through.
+    pub fn committer(&self) -> &Committer {
+        &self.inner.committer
     }
 
     /// Password hashing, bounded in concurrency.

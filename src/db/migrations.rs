@@ -51,6 +51,11 @@ async fn with_lock(
     work: impl FnOnce(&mut Harness) -> MigrationResult,
 ) -> anyhow::Result<Vec<String>> {
     let mut conn = conn;
+    // Waiting for another instance's migrations, and a migration itself, may
+    // take longer than any request: no statement timeout until done.
+    diesel::sql_query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await?;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(LOCK_KEY)
         .execute(&mut conn)
@@ -60,6 +65,9 @@ async fn with_lock(
     let mut conn = harness.into_inner();
     diesel::sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query("RESET statement_timeout")
         .execute(&mut conn)
         .await?;
     outcome

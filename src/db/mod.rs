@@ -16,7 +16,6 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 
 use crate::metrics as m;
 pub use pool::{PgPool, PoolSettings};
@@ -187,9 +186,13 @@ impl Db {
         }
     }
 
-    /// Runs one `store` query with the limits and error mapping of
-    /// [`Db::transaction`]: for the many reads that are a single call, e.g.
-    /// `db.run(move |c| store::users::by_id(c, id).boxed())`.
+    /// Runs one `store` query, e.g.
+    /// `db.run(move |c| store::users::by_id(c, id).boxed())`: for the many
+    /// reads (and single writes) that are one statement. No `BEGIN`/`COMMIT`
+    /// around it, so it costs one round trip; a single statement is atomic on
+    /// its own. The limits are those of [`Db::transaction`]: the wait limit,
+    /// and the time limit as the session's `statement_timeout` on the server
+    /// plus a timer here (after which the statement is cancelled).
     ///
     /// # Errors
     /// As [`Db::transaction`], with the query's own failure as a [`DbError`].
@@ -198,10 +201,24 @@ impl Db {
         F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> QueryFn<'c, T> + Send + 'static,
         T: Send + 'static,
     {
-        self.transaction(move |conn| {
-            async move { query(conn).await.map_err(DbError::from) }.boxed()
-        })
-        .await
+        let mut conn = self.acquire().await?;
+        let tx_timeout = self.tx_timeout;
+        let task = tokio::spawn(async move {
+            match tokio::time::timeout(tx_timeout, query(&mut conn)).await {
+                Ok(result) => result.map_err(DbError::from),
+                Err(_) => {
+                    metrics::counter!(m::DB_TX_TIMEOUTS_TOTAL).increment(1);
+                    tracing::warn!(
+                        timeout_ms = tx_timeout.as_millis() as u64,
+                        "statement ran past its time limit"
+                    );
+                    recover_after_timeout(conn).await;
+                    Err(DbError::Timeout)
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(DbError::Unavailable(format!("statement task failed: {e}"))))
     }
 
     /// Whether a connection can be had and answers, within `limit`.

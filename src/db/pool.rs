@@ -37,14 +37,18 @@ pub struct PoolSettings {
 
 impl PoolSettings {
     /// The driver configuration with chatpool's session settings applied: the
-    /// application name and an `idle_in_transaction_session_timeout` backstop, so
-    /// the server ends a transaction a client abandoned even if chatpool could not.
+    /// application name; `statement_timeout` = the transaction timeout, so a
+    /// single statement run outside a transaction ([`crate::db::Db::run`]) is
+    /// bounded by the server too; and an `idle_in_transaction_session_timeout`
+    /// backstop, so the server ends a transaction a client abandoned even if
+    /// chatpool could not.
     pub fn session_config(&self) -> tokio_postgres::Config {
         let mut cfg = self.driver.clone();
         let backstop = (self.tx_timeout * 2).max(Duration::from_secs(10));
         cfg.application_name(APPLICATION_NAME);
         cfg.options(format!(
-            "-c idle_in_transaction_session_timeout={}",
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.tx_timeout.as_millis(),
             backstop.as_millis()
         ));
         cfg.connect_timeout(self.connect_timeout);

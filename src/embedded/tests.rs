@@ -12,8 +12,8 @@ use std::time::Duration;
 use nix::unistd::geteuid;
 
 use super::adopt::{write_owner, OWNER_FILE};
-use super::discovery::installed_bin_dir;
 use super::data_dir::INIT_TMP_DIR;
+use super::discovery::installed_bin_dir;
 use super::*;
 
 #[test]

@@ -78,7 +78,7 @@ pub async fn register(
             .boxed()
         })
         .await?;
-    tracing::info!(user_id = user.id, "user registered");
+    tracing::info!(user_id = user.id.0, "user registered");
     Ok((StatusCode::CREATED, Json(TokenResponse { token, user })))
 }
 
@@ -125,7 +125,7 @@ pub async fn login(
         .run(move |c| async move { store::tokens::insert(c, user_id, &token_hash).await }.boxed())
         .await?;
     limiter.succeeded(username.as_str());
-    tracing::info!(user_id, "logged in");
+    tracing::info!(user_id = user_id.0, "logged in");
     Ok(Json(TokenResponse {
         token,
         user: user.view(),
@@ -134,10 +134,10 @@ pub async fn login(
 
 /// `POST /api/auth/logout`: deletes the caller's token and closes its
 /// sockets on every instance.
-#[tracing::instrument(skip_all, fields(user_id = user.id))]
+#[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     let token_id = user.token_id;
-    commit_and_announce(&state, move |conn, outbox| {
+    commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
             store::tokens::delete(conn, token_id).await?;
             outbox.announce(Event::Revoked { token_id });

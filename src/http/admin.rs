@@ -12,6 +12,7 @@ use crate::announce::commit_and_announce;
 use crate::domain::{Role, UserView};
 use crate::error::ApiError;
 use crate::events::Event;
+use crate::ids::UserId;
 use crate::state::AppState;
 use crate::store;
 use crate::store::activity::Connection;
@@ -19,7 +20,7 @@ use crate::store::activity::Connection;
 /// `GET /api/admin/users` query.
 #[derive(Debug, Deserialize)]
 pub struct AdminUsersQuery {
-    after_id: Option<i64>,
+    after_id: Option<UserId>,
     limit: Option<i64>,
 }
 
@@ -34,8 +35,8 @@ pub async fn users(
     Query(q): Query<AdminUsersQuery>,
 ) -> Result<Json<UsersResponse>, ApiError> {
     let limit = limit_in(q.limit, ADMIN_USERS_LIMIT)?;
-    let after_id = q.after_id.unwrap_or(0);
-    if after_id < 0 {
+    let after_id = q.after_id.unwrap_or_default();
+    if after_id.0 < 0 {
         return Err(ApiError::BadRequest("after_id must not be negative".into()));
     }
     let users = state
@@ -57,17 +58,17 @@ pub struct PatchUserRequest {
 /// sees it on its next request (tokens carry no role). When the new role no
 /// longer sees every room, the user's open sockets on every instance re-check
 /// their joined rooms at once and leave those they may no longer see.
-#[tracing::instrument(skip_all, fields(admin_id = user.id, user_id = id))]
+#[tracing::instrument(skip_all, fields(admin_id = user.id.0, user_id = id.0))]
 pub async fn patch_user(
     State(state): State<AppState>,
     AdminUser(user): AdminUser,
-    Path(id): Path<i64>,
+    Path(id): Path<UserId>,
     Json(body): Json<PatchUserRequest>,
 ) -> Result<Json<UserView>, ApiError> {
     let role = Role::parse(&body.role)?;
     // A member may lose rooms; an agent or admin sees them all anyway.
     let may_shrink = !role.sees_every_room();
-    let updated = commit_and_announce(&state, move |conn, outbox| {
+    let updated = commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
             let updated = store::users::set_role(conn, id, role).await?;
             if updated.is_some() && may_shrink {

@@ -19,6 +19,7 @@ use crate::chat;
 use crate::domain::{ClientId, MessageBody, MessageView, RoomName, RoomView};
 use crate::error::ApiError;
 use crate::events::Event;
+use crate::ids::{RoomId, Seq, UserId};
 use crate::state::AppState;
 use crate::store;
 use crate::store::messages::Cursor;
@@ -35,12 +36,12 @@ fn no_room() -> ApiError {
 pub struct CreateRoomRequest {
     name: String,
     #[serde(default)]
-    member_ids: Vec<i64>,
+    member_ids: Vec<UserId>,
 }
 
 /// `POST /api/rooms`: a new room with the caller and `member_ids` as members.
 /// Unknown member ids are a 400: the client named someone who is not there.
-#[tracing::instrument(skip_all, fields(user_id = user.id))]
+#[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -122,7 +123,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(room_id): Path<i64>,
+    Path(room_id): Path<RoomId>,
 ) -> Result<Json<RoomView>, ApiError> {
     let caller = user.id;
     let room = state
@@ -143,16 +144,16 @@ pub async fn get(
 /// `POST /api/rooms/{id}/members` body.
 #[derive(Debug, Deserialize)]
 pub struct AddMemberRequest {
-    user_id: i64,
+    user_id: UserId,
 }
 
 /// `POST /api/rooms/{id}/members`: anyone who sees the room may add any
 /// existing user (404 for an unknown one); adding a member twice is a no-op.
-#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+#[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn add_member(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(room_id): Path<i64>,
+    Path(room_id): Path<RoomId>,
     Json(body): Json<AddMemberRequest>,
 ) -> Result<StatusCode, ApiError> {
     let caller = user.id;
@@ -180,15 +181,15 @@ pub async fn add_member(
 /// (204), so a retried DELETE succeeds; an unknown user is 404. A removed
 /// member's open sockets on every instance leave the room at once (unless
 /// their role still sees it).
-#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+#[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn remove_member(
     State(state): State<AppState>,
     user: AuthUser,
-    Path((room_id, member)): Path<(i64, i64)>,
+    Path((room_id, member)): Path<(RoomId, UserId)>,
 ) -> Result<StatusCode, ApiError> {
     let caller = user.id;
     let may_remove_others = user.role.sees_every_room();
-    commit_and_announce(&state, move |conn, outbox| {
+    commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
             if !store::rooms::visible_to(conn, room_id, caller).await? {
                 return Err(no_room());
@@ -216,8 +217,8 @@ pub async fn remove_member(
 /// the extractor (a non-integer is 400) and range-checked here.
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
-    after_seq: Option<i64>,
-    before_seq: Option<i64>,
+    after_seq: Option<Seq>,
+    before_seq: Option<Seq>,
     limit: Option<i64>,
 }
 
@@ -229,7 +230,7 @@ pub struct HistoryResponse {
     /// Whether more exist beyond the page in the paging direction.
     pub has_more: bool,
     /// The room's latest seq when the page was read (at least every seq in it).
-    pub last_seq: i64,
+    pub last_seq: Seq,
 }
 
 /// Default and largest page of history.
@@ -241,7 +242,7 @@ impl HistoryQuery {
             (Some(_), Some(_)) => Err(ApiError::BadRequest(
                 "give after_seq or before_seq, not both".into(),
             )),
-            (Some(n), None) | (None, Some(n)) if n < 0 => Err(ApiError::BadRequest(
+            (Some(n), None) | (None, Some(n)) if n.0 < 0 => Err(ApiError::BadRequest(
                 "after_seq and before_seq must not be negative".into(),
             )),
             (Some(n), None) => Ok(Cursor::After(n)),
@@ -256,7 +257,7 @@ impl HistoryQuery {
 pub async fn history(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(room_id): Path<i64>,
+    Path(room_id): Path<RoomId>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let cursor = q.cursor()?;
@@ -296,11 +297,11 @@ pub struct SendRequest {
 
 /// `POST /api/rooms/{id}/messages`: 201 with the new message, or 200 with the
 /// original when the author already sent this `client_id`.
-#[tracing::instrument(skip_all, fields(user_id = user.id, room_id = room_id))]
+#[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn send(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(room_id): Path<i64>,
+    Path(room_id): Path<RoomId>,
     Json(req): Json<SendRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = MessageBody::parse(&req.body)?;

@@ -6,12 +6,13 @@
 //! only if it commits, and in commit order. Every instance's listener
 //! receives them, its own included.
 
-use diesel::sql_types::Text;
+use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::MessageView;
 use crate::events::Event;
+use crate::ids::{RoomId, Seq, TokenId, UserId};
 
 /// The one channel chatpool uses.
 pub const CHANNEL: &str = "chatpool_events";
@@ -28,9 +29,9 @@ pub enum Payload {
     #[serde(rename = "m")]
     Message {
         /// Room id.
-        room_id: i64,
+        room_id: RoomId,
         /// Seq in the room.
-        seq: i64,
+        seq: Seq,
         /// The message, when it fits.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<MessageView>,
@@ -39,14 +40,14 @@ pub enum Payload {
     #[serde(rename = "r")]
     Revoked {
         /// The token's id.
-        token_id: i64,
+        token_id: TokenId,
     },
     /// A user's access may have shrunk (role changed, removed from a room):
     /// their sockets re-check the rooms they joined everywhere.
     #[serde(rename = "u")]
     AccessChanged {
         /// The user's id.
-        user_id: i64,
+        user_id: UserId,
     },
 }
 
@@ -87,17 +88,66 @@ impl Payload {
     }
 }
 
-/// Queues `event` for delivery to every listener when the current
-/// transaction commits.
+/// Largest payload of one `NOTIFY` this module builds (PostgreSQL refuses
+/// 8000 bytes and more).
+pub const PAYLOAD_LIMIT: usize = 7900;
+
+/// The `NOTIFY` payloads announcing `events`: each a JSON array of
+/// [`Payload`]s, packed in order up to [`PAYLOAD_LIMIT`] bytes.
+///
+/// # Errors
+/// When an event cannot be serialised.
+pub fn pack(events: &[Event]) -> Result<Vec<String>, serde_json::Error> {
+    let mut payloads = Vec::new();
+    let mut current = String::from("[");
+    for event in events {
+        let item = serde_json::to_string(&Payload::of(event))?;
+        if current.len() > 1 && current.len() + item.len() + 2 > PAYLOAD_LIMIT {
+            current.push(']');
+            payloads.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&item);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        payloads.push(current);
+    }
+    Ok(payloads)
+}
+
+/// Parses a notification: a JSON array of payloads (or, from older
+/// instances, a single one). Unknown items are skipped (a newer instance's
+/// events); `None` when the whole payload is not understood.
+pub fn unpack(payload: &str) -> Option<Vec<Payload>> {
+    if let Some(single) = Payload::parse(payload) {
+        return Some(vec![single]);
+    }
+    let items: Vec<serde_json::Value> = serde_json::from_str(payload).ok()?;
+    Some(
+        items
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect(),
+    )
+}
+
+/// Queues `events` for delivery to every listener when the current
+/// transaction commits: one statement, however many events.
 pub async fn notify(
     conn: &mut AsyncPgConnection,
-    event: &Event,
+    events: &[Event],
 ) -> Result<(), diesel::result::Error> {
-    let payload = serde_json::to_string(&Payload::of(event))
-        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-    diesel::sql_query("SELECT pg_notify($1, $2)")
+    if events.is_empty() {
+        return Ok(());
+    }
+    let payloads =
+        pack(events).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind::<Text, _>(CHANNEL)
-        .bind::<Text, _>(payload)
+        .bind::<Array<Text>, _>(payloads)
         .execute(conn)
         .await
         .map(drop)
@@ -107,14 +157,15 @@ pub async fn notify(
 mod tests {
     use super::*;
     use crate::domain::AuthorView;
+    use crate::ids::MessageId;
 
     fn message(body: &str) -> MessageView {
         MessageView {
-            id: 7,
-            room_id: 3,
-            seq: 42,
+            id: MessageId(7),
+            room_id: RoomId(3),
+            seq: Seq(42),
             author: AuthorView {
-                id: 1,
+                id: UserId(1),
                 username: "alice".into(),
                 display_name: "Alice".into(),
             },
@@ -144,8 +195,8 @@ mod tests {
         assert_eq!(
             event,
             Payload::Message {
-                room_id: 3,
-                seq: 42,
+                room_id: RoomId(3),
+                seq: Seq(42),
                 message: None
             }
         );
@@ -156,7 +207,9 @@ mod tests {
     fn revocations_and_unknown_payloads_parse() {
         assert_eq!(
             Payload::parse(r#"{"t":"r","token_id":9}"#),
-            Some(Payload::Revoked { token_id: 9 })
+            Some(Payload::Revoked {
+                token_id: TokenId(9)
+            })
         );
         assert_eq!(Payload::parse(r#"{"t":"x"}"#), None);
         assert_eq!(Payload::parse("not json"), None);
@@ -164,14 +217,52 @@ mod tests {
 
     #[test]
     fn access_changes_travel_as_u_with_the_user_id() {
-        let event = Payload::AccessChanged { user_id: 12 };
+        let event = Payload::AccessChanged {
+            user_id: UserId(12),
+        };
         let payload = serde_json::to_string(&event).unwrap();
         assert_eq!(payload, r#"{"t":"u","user_id":12}"#);
         assert_eq!(Payload::parse(&payload), Some(event));
         assert_eq!(
-            serde_json::to_string(&Payload::Revoked { token_id: 9 }).unwrap(),
+            serde_json::to_string(&Payload::Revoked {
+                token_id: TokenId(9)
+            })
+            .unwrap(),
             r#"{"t":"r","token_id":9}"#,
             "existing wire names unchanged"
+        );
+    }
+
+    #[test]
+    fn batches_pack_into_arrays_under_the_limit_in_order() {
+        let events: Vec<Event> = (1..=40)
+            .map(|seq| {
+                let mut m = message(&"x".repeat(500));
+                m.seq = Seq(seq);
+                Event::Message(m)
+            })
+            .collect();
+        let payloads = pack(&events).unwrap();
+        assert!(payloads.len() > 1, "40 × ~700 bytes need several payloads");
+        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_LIMIT));
+        let seqs: Vec<Seq> = payloads
+            .iter()
+            .flat_map(|p| unpack(p).unwrap())
+            .map(|p| match p {
+                Payload::Message { seq, message, .. } => {
+                    assert!(message.is_some());
+                    seq
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, (1..=40).map(Seq).collect::<Vec<_>>());
+        assert!(pack(&[]).unwrap().is_empty());
+        assert_eq!(
+            unpack(r#"[{"t":"r","token_id":9},{"t":"x"}]"#),
+            Some(vec![Payload::Revoked {
+                token_id: TokenId(9)
+            }])
         );
     }
 }

@@ -9,18 +9,19 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::{AuthorView, MessageView};
+use crate::ids::{MessageId, RoomId, Seq, UserId};
 use crate::schema::messages;
 
 #[derive(QueryableByName)]
 struct MessageRow {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: MessageId,
     #[diesel(sql_type = BigInt)]
-    room_id: i64,
+    room_id: RoomId,
     #[diesel(sql_type = BigInt)]
-    seq: i64,
+    seq: Seq,
     #[diesel(sql_type = BigInt)]
-    author_id: i64,
+    author_id: UserId,
     #[diesel(sql_type = Text)]
     username: String,
     #[diesel(sql_type = Text)]
@@ -61,22 +62,22 @@ pub enum Cursor {
     /// The latest messages.
     Latest,
     /// The first messages with seq above this.
-    After(i64),
+    After(Seq),
     /// The messages just below this seq.
-    Before(i64),
+    Before(Seq),
 }
 
 /// A page of history in ascending seq order, and whether more exist beyond it
 /// in the paging direction (older for `Latest`/`Before`, newer for `After`).
 pub async fn page(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
+    room_id: RoomId,
     cursor: Cursor,
     limit: i64,
 ) -> Result<(Vec<MessageView>, bool), Error> {
     // Every seq is at least 1, so "latest" is "newest above 0".
     let (filter, order, bound) = match cursor {
-        Cursor::Latest => ("AND m.seq > $3", "DESC", 0),
+        Cursor::Latest => ("AND m.seq > $3", "DESC", Seq(0)),
         Cursor::After(n) => ("AND m.seq > $3", "ASC", n),
         Cursor::Before(n) => ("AND m.seq < $3", "DESC", n),
     };
@@ -100,8 +101,8 @@ pub async fn page(
 /// Up to `limit` messages with seq above `after_seq`, ascending (join replay).
 pub async fn since(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    after_seq: i64,
+    room_id: RoomId,
+    after_seq: Seq,
     limit: i64,
 ) -> Result<Vec<MessageView>, Error> {
     Ok(page(conn, room_id, Cursor::After(after_seq), limit)
@@ -112,8 +113,8 @@ pub async fn since(
 /// The message at `(room_id, seq)`, if any.
 pub async fn by_seq(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    seq: i64,
+    room_id: RoomId,
+    seq: Seq,
 ) -> Result<Option<MessageView>, Error> {
     diesel::sql_query(format!(
         "{MESSAGE_SELECT} WHERE m.room_id = $1 AND m.seq = $2"
@@ -129,7 +130,7 @@ pub async fn by_seq(
 /// The message `author_id` already sent with `client_id`, if any.
 pub async fn by_client_id(
     conn: &mut AsyncPgConnection,
-    author_id: i64,
+    author_id: UserId,
     client_id: &str,
 ) -> Result<Option<MessageView>, Error> {
     diesel::sql_query(format!(
@@ -146,9 +147,9 @@ pub async fn by_client_id(
 #[derive(QueryableByName)]
 struct Inserted {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: MessageId,
     #[diesel(sql_type = BigInt)]
-    seq: i64,
+    seq: Seq,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
 }
@@ -165,7 +166,7 @@ struct Inserted {
 /// the same key committed first: roll back and read that one instead.
 pub async fn insert_next(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
+    room_id: RoomId,
     author: &AuthorView,
     body: &str,
     client_id: Option<&str>,

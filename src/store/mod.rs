@@ -5,6 +5,7 @@ pub mod activity;
 pub mod events;
 pub mod messages;
 pub mod rooms;
+pub mod sends;
 pub mod tokens;
 pub mod users;
 

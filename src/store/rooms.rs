@@ -7,22 +7,23 @@ use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::{Role, RoomView};
+use crate::ids::{RoomId, Seq, UserId};
 use crate::schema::{room_members, rooms};
 
 #[derive(QueryableByName)]
 struct RoomRow {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: RoomId,
     #[diesel(sql_type = Text)]
     name: String,
     #[diesel(sql_type = BigInt)]
-    created_by: i64,
+    created_by: UserId,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
     #[diesel(sql_type = BigInt)]
     member_count: i64,
     #[diesel(sql_type = BigInt)]
-    last_seq: i64,
+    last_seq: Seq,
 }
 
 impl From<RoomRow> for RoomView {
@@ -47,15 +48,15 @@ const ROOM_SELECT: &str = "SELECT r.id, r.name, r.created_by, r.created_at, r.la
 pub async fn create(
     conn: &mut AsyncPgConnection,
     name: &str,
-    created_by: i64,
-    member_ids: &[i64],
+    created_by: UserId,
+    member_ids: &[UserId],
 ) -> Result<RoomView, Error> {
-    let id: i64 = diesel::insert_into(rooms::table)
+    let id: RoomId = diesel::insert_into(rooms::table)
         .values((rooms::name.eq(name), rooms::created_by.eq(created_by)))
         .returning(rooms::id)
         .get_result(conn)
         .await?;
-    let mut members: Vec<i64> = member_ids.to_vec();
+    let mut members: Vec<UserId> = member_ids.to_vec();
     members.push(created_by);
     diesel::sql_query(
         "INSERT INTO room_members (room_id, user_id) \
@@ -71,7 +72,7 @@ pub async fn create(
 }
 
 /// The room, with its member count.
-pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RoomView>, Error> {
+pub async fn get(conn: &mut AsyncPgConnection, id: RoomId) -> Result<Option<RoomView>, Error> {
     diesel::sql_query(format!("{ROOM_SELECT} WHERE r.id = $1"))
         .bind::<BigInt, _>(id)
         .get_result::<RoomRow>(conn)
@@ -83,7 +84,7 @@ pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RoomVie
 /// Rooms `user_id` belongs to, by id.
 pub async fn for_member(
     conn: &mut AsyncPgConnection,
-    user_id: i64,
+    user_id: UserId,
 ) -> Result<Vec<RoomView>, Error> {
     diesel::sql_query(format!(
         "{ROOM_SELECT} WHERE r.id IN (SELECT room_id FROM room_members WHERE user_id = $1) ORDER BY r.id"
@@ -103,17 +104,27 @@ pub async fn all(conn: &mut AsyncPgConnection) -> Result<Vec<RoomView>, Error> {
 }
 
 /// Whether the room exists.
-pub async fn exists(conn: &mut AsyncPgConnection, room_id: i64) -> Result<bool, Error> {
+pub async fn exists(conn: &mut AsyncPgConnection, room_id: RoomId) -> Result<bool, Error> {
     diesel::select(diesel::dsl::exists(rooms::table.find(room_id)))
         .get_result(conn)
         .await
 }
 
+/// The room's latest seq, or `None` when there is no such room.
+pub async fn last_seq(conn: &mut AsyncPgConnection, room_id: RoomId) -> Result<Option<Seq>, Error> {
+    rooms::table
+        .find(room_id)
+        .select(rooms::last_seq)
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// Whether `user_id` is a member of `room_id`.
 pub async fn is_member(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    user_id: i64,
+    room_id: RoomId,
+    user_id: UserId,
 ) -> Result<bool, Error> {
     diesel::select(diesel::dsl::exists(
         room_members::table.find((room_id, user_id)),
@@ -125,8 +136,8 @@ pub async fn is_member(
 /// Adds a member; adding one twice is not an error.
 pub async fn add_member(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    user_id: i64,
+    room_id: RoomId,
+    user_id: UserId,
 ) -> Result<(), Error> {
     diesel::insert_into(room_members::table)
         .values((
@@ -142,8 +153,8 @@ pub async fn add_member(
 /// Removes a member; returns whether they were one.
 pub async fn remove_member(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    user_id: i64,
+    room_id: RoomId,
+    user_id: UserId,
 ) -> Result<bool, Error> {
     let n = diesel::delete(room_members::table.find((room_id, user_id)))
         .execute(conn)
@@ -161,8 +172,8 @@ pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
 /// the role here makes a role change apply at once, to open sockets too.
 pub async fn visible_to(
     conn: &mut AsyncPgConnection,
-    room_id: i64,
-    user_id: i64,
+    room_id: RoomId,
+    user_id: UserId,
 ) -> Result<bool, Error> {
     #[derive(QueryableByName)]
     struct Visible {

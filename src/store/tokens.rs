@@ -5,10 +5,15 @@ use diesel::result::Error;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::users::UserRow;
+use crate::ids::{TokenId, UserId};
 use crate::schema::{auth_tokens, users};
 
 /// Stores a token hash for `user_id` and returns the token's id.
-pub async fn insert(conn: &mut AsyncPgConnection, user_id: i64, hash: &[u8]) -> Result<i64, Error> {
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    user_id: UserId,
+    hash: &[u8],
+) -> Result<TokenId, Error> {
     diesel::insert_into(auth_tokens::table)
         .values((
             auth_tokens::user_id.eq(user_id),
@@ -24,7 +29,7 @@ pub async fn insert(conn: &mut AsyncPgConnection, user_id: i64, hash: &[u8]) -> 
 pub async fn lookup(
     conn: &mut AsyncPgConnection,
     hash: &[u8],
-) -> Result<Option<(i64, Vec<u8>, UserRow)>, Error> {
+) -> Result<Option<(TokenId, Vec<u8>, UserRow)>, Error> {
     auth_tokens::table
         .inner_join(users::table)
         .filter(auth_tokens::token_hash.eq(hash))
@@ -39,7 +44,7 @@ pub async fn lookup(
 }
 
 /// Deletes a token; returns whether it existed.
-pub async fn delete(conn: &mut AsyncPgConnection, token_id: i64) -> Result<bool, Error> {
+pub async fn delete(conn: &mut AsyncPgConnection, token_id: TokenId) -> Result<bool, Error> {
     let n = diesel::delete(auth_tokens::table.find(token_id))
         .execute(conn)
         .await?;
@@ -47,7 +52,10 @@ pub async fn delete(conn: &mut AsyncPgConnection, token_id: i64) -> Result<bool,
 }
 
 /// Which of `ids` still exist (the others were revoked).
-pub async fn existing(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<Vec<i64>, Error> {
+pub async fn existing(
+    conn: &mut AsyncPgConnection,
+    ids: &[TokenId],
+) -> Result<Vec<TokenId>, Error> {
     auth_tokens::table
         .filter(auth_tokens::id.eq_any(ids))
         .select(auth_tokens::id)

@@ -10,6 +10,7 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::{Role, UserView};
+use crate::ids::UserId;
 use crate::schema::users;
 
 /// A stored user, hash included: never serialise this, use [`UserRow::view`].
@@ -17,7 +18,7 @@ use crate::schema::users;
 #[diesel(table_name = users)]
 pub struct UserRow {
     /// User id.
-    pub id: i64,
+    pub id: UserId,
     /// Login name.
     pub username: String,
     /// Shown name.
@@ -104,7 +105,7 @@ pub async fn by_username(
 }
 
 /// Looks a user up by id.
-pub async fn by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<UserRow>, Error> {
+pub async fn by_id(conn: &mut AsyncPgConnection, id: UserId) -> Result<Option<UserRow>, Error> {
     users::table
         .find(id)
         .select(UserRow::as_select())
@@ -138,7 +139,7 @@ pub async fn with_prefix(
 /// Users with id above `after_id`, by id (keyset pagination).
 pub async fn after_id(
     conn: &mut AsyncPgConnection,
-    after_id: i64,
+    after_id: UserId,
     limit: i64,
 ) -> Result<Vec<UserRow>, Error> {
     users::table
@@ -153,7 +154,7 @@ pub async fn after_id(
 /// Changes a user's role; `None` when there is no such user.
 pub async fn set_role(
     conn: &mut AsyncPgConnection,
-    id: i64,
+    id: UserId,
     role: Role,
 ) -> Result<Option<UserRow>, Error> {
     diesel::update(users::table.find(id))
@@ -170,7 +171,7 @@ pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
 }
 
 /// How many of `ids` (distinct) name an existing user.
-pub async fn count_existing(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<i64, Error> {
+pub async fn count_existing(conn: &mut AsyncPgConnection, ids: &[UserId]) -> Result<i64, Error> {
     users::table
         .filter(users::id.eq_any(ids))
         .count()

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::ids::Seq;
+
 /// How long a hole in the seqs may stay open before it is filled from the database.
 pub const GAP_WAIT: Duration = Duration::from_millis(250);
 /// Events held per room while a join or a hole is pending; beyond it they are
@@ -29,9 +31,9 @@ pub struct RoomCursor {
     /// or hole is recognised and ignored.
     pub epoch: u64,
     live: bool,
-    last: i64,
-    max_seen: i64,
-    pending: BTreeMap<i64, Utf8Bytes>,
+    last: Seq,
+    max_seen: Seq,
+    pending: BTreeMap<Seq, Utf8Bytes>,
     gap_since: Option<Instant>,
 }
 
@@ -41,8 +43,8 @@ impl RoomCursor {
         Self {
             epoch,
             live: false,
-            last: 0,
-            max_seen: 0,
+            last: Seq(0),
+            max_seen: Seq(0),
             pending: BTreeMap::new(),
             gap_since: None,
         }
@@ -55,16 +57,21 @@ impl RoomCursor {
 
     /// The last seq delivered.
     #[cfg(test)]
-    pub fn last(&self) -> i64 {
+    pub fn last(&self) -> Seq {
         self.last
+    }
+
+    /// Whether `seq` was already delivered, so an offer of it would be dropped.
+    pub fn delivered(&self, seq: Seq) -> bool {
+        self.live && seq <= self.last
     }
 
     /// The join's backlog is in: `replay` (ascending) goes out, then whatever
     /// waited above it. `last_seq` is the room's seq as the join read it.
     pub fn go_live(
         &mut self,
-        last_seq: i64,
-        replay: Vec<(i64, Utf8Bytes)>,
+        last_seq: Seq,
+        replay: Vec<(Seq, Utf8Bytes)>,
         now: Instant,
         out: &mut Vec<Utf8Bytes>,
     ) {
@@ -80,8 +87,8 @@ impl RoomCursor {
     }
 
     /// A message event (live, or read back to fill a hole).
-    pub fn offer(&mut self, seq: i64, frame: Utf8Bytes, now: Instant, out: &mut Vec<Utf8Bytes>) {
-        if self.live && seq <= self.last {
+    pub fn offer(&mut self, seq: Seq, frame: Utf8Bytes, now: Instant, out: &mut Vec<Utf8Bytes>) {
+        if self.delivered(seq) {
             return;
         }
         self.max_seen = self.max_seen.max(seq);
@@ -99,7 +106,7 @@ impl RoomCursor {
 
     /// The hole to read from the database once it has been open for
     /// [`GAP_WAIT`]: `(after_seq, up_to_seq, open_since)`.
-    pub fn gap(&self) -> Option<(i64, i64, Instant)> {
+    pub fn gap(&self) -> Option<(Seq, Seq, Instant)> {
         let since = self.gap_since?;
         Some((self.last, self.max_seen, since))
     }
@@ -142,6 +149,10 @@ mod tests {
         seq.to_string().into()
     }
 
+    fn s(seq: i64) -> Seq {
+        Seq(seq)
+    }
+
     fn seqs(out: &[Utf8Bytes]) -> Vec<i64> {
         out.iter().map(|b| b.as_str().parse().unwrap()).collect()
     }
@@ -152,13 +163,18 @@ mod tests {
         let mut c = RoomCursor::joining(1);
         let mut out = Vec::new();
         // Live events that raced the backlog read: 5 and 6 were also read, 7 was not.
-        for s in [5, 6, 7] {
-            c.offer(s, f(s), now, &mut out);
+        for n in [5, 6, 7] {
+            c.offer(s(n), f(n), now, &mut out);
         }
         assert!(out.is_empty(), "held until the backlog is out");
-        c.go_live(6, vec![(4, f(4)), (5, f(5)), (6, f(6))], now, &mut out);
-        c.offer(6, f(6), now, &mut out);
-        c.offer(8, f(8), now, &mut out);
+        c.go_live(
+            s(6),
+            vec![(s(4), f(4)), (s(5), f(5)), (s(6), f(6))],
+            now,
+            &mut out,
+        );
+        c.offer(s(6), f(6), now, &mut out);
+        c.offer(s(8), f(8), now, &mut out);
         assert_eq!(seqs(&out), vec![4, 5, 6, 7, 8]);
         assert!(c.gap().is_none());
     }
@@ -168,13 +184,14 @@ mod tests {
         let now = Instant::now();
         let mut c = RoomCursor::joining(1);
         let mut out = Vec::new();
-        c.go_live(10, vec![], now, &mut out);
-        c.offer(12, f(12), now, &mut out);
-        assert_eq!(c.gap().map(|(a, b, _)| (a, b)), Some((10, 12)));
-        c.offer(11, f(11), now, &mut out);
+        c.go_live(s(10), vec![], now, &mut out);
+        c.offer(s(12), f(12), now, &mut out);
+        assert_eq!(c.gap().map(|(a, b, _)| (a, b)), Some((s(10), s(12))));
+        c.offer(s(11), f(11), now, &mut out);
         assert_eq!(seqs(&out), vec![11, 12]);
         assert!(c.gap().is_none());
-        c.offer(11, f(11), now, &mut out);
+        assert!(c.delivered(s(11)) && !c.delivered(s(13)));
+        c.offer(s(11), f(11), now, &mut out);
         assert_eq!(seqs(&out), vec![11, 12], "duplicates are dropped");
     }
 
@@ -183,9 +200,9 @@ mod tests {
         let now = Instant::now();
         let mut c = RoomCursor::joining(1);
         let mut out = Vec::new();
-        c.go_live(3, vec![(3, f(3)), (4, f(4))], now, &mut out);
-        assert_eq!(c.last(), 4);
-        c.offer(4, f(4), now, &mut out);
+        c.go_live(s(3), vec![(s(3), f(3)), (s(4), f(4))], now, &mut out);
+        assert_eq!(c.last(), s(4));
+        c.offer(s(4), f(4), now, &mut out);
         assert_eq!(seqs(&out), vec![3, 4]);
     }
 }

@@ -1,11 +1,13 @@
 //! The WebSocket endpoint (SPEC §3): `GET /ws` upgrades on the same HTTP
-//! server, then a [`session`] speaks the protocol of [`protocol`].
+//! server, then a [`session`] speaks the protocol of [`protocol`] and closes
+//! with one of the codes of [`close`].
 //!
 //! Everything that can be refused is refused before the 101: a missing or bad
 //! token (401), a request that is not a WebSocket handshake (400), a full
 //! house or a server shutting down (503). The upgraded connection is handed to
 //! tokio-tungstenite directly with a small-memory [`socket_config`].
 
+pub mod close;
 mod cursor;
 pub mod protocol;
 mod session;
@@ -27,7 +29,8 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest frame and message a client may send; above it the socket is closed with 1009.
+/// Largest frame and message a client may send; above it the socket is closed
+/// with [`close::Close::TooBig`] (1009).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// tungstenite's defaults allocate a 128 KiB read buffer per socket (over

@@ -6,6 +6,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::{ClientId, MessageBody, MessageView, UserView};
 use crate::error::ApiError;
+use crate::hub::Typing;
+use crate::ids::{RoomId, Seq, UserId};
 
 /// A client frame as it appears on the wire (`type` selects the variant).
 /// Unknown fields are ignored; `ref` is read separately so that even a frame
@@ -14,20 +16,20 @@ use crate::error::ApiError;
 #[serde(tag = "type", rename_all = "lowercase")]
 enum ClientFrame {
     Join {
-        room_id: i64,
+        room_id: RoomId,
         #[serde(default)]
-        after_seq: Option<i64>,
+        after_seq: Option<Seq>,
     },
     Leave {
-        room_id: i64,
+        room_id: RoomId,
     },
     Send {
-        room_id: i64,
+        room_id: RoomId,
         body: String,
         client_id: String,
     },
     Typing {
-        room_id: i64,
+        room_id: RoomId,
     },
     Ping,
 }
@@ -38,19 +40,19 @@ pub enum Command {
     /// Subscribe to a room, replaying what came after `after_seq`.
     Join {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
         /// Replay messages with seq above this (at least 0).
-        after_seq: Option<i64>,
+        after_seq: Option<Seq>,
     },
     /// Stop receiving a room's events.
     Leave {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
     },
     /// Store and broadcast a message (the shared send path).
     Send {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
         /// The text.
         body: MessageBody,
         /// The idempotency key.
@@ -59,7 +61,7 @@ pub enum Command {
     /// Tell the room's other sockets this user is typing.
     Typing {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
     },
     /// Application-level keepalive.
     Ping,
@@ -136,7 +138,7 @@ fn rejected(message: impl Into<String>, client_id: Option<String>) -> Rejected {
 fn validate(frame: ClientFrame) -> Result<Command, ApiError> {
     Ok(match frame {
         ClientFrame::Join { room_id, after_seq } => {
-            if after_seq.is_some_and(|n| n < 0) {
+            if after_seq.is_some_and(|n| n.0 < 0) {
                 return Err(ApiError::BadRequest(
                     "after_seq must not be negative".into(),
                 ));
@@ -162,7 +164,7 @@ fn validate(frame: ClientFrame) -> Result<Command, ApiError> {
 #[derive(Debug, Serialize)]
 pub struct TypingUser<'a> {
     /// User id.
-    pub id: i64,
+    pub id: UserId,
     /// Login name.
     pub username: &'a str,
 }
@@ -181,9 +183,9 @@ pub enum ServerFrame<'a> {
     /// Reply to `join`, before any replayed message.
     Joined {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
         /// The room's latest seq when the join was read.
-        last_seq: i64,
+        last_seq: Seq,
         /// More than 1000 were missed; only the latest 1000 are replayed.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
@@ -194,7 +196,7 @@ pub enum ServerFrame<'a> {
     /// Reply to `leave`.
     Left {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
         /// The leave's `ref`.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
@@ -217,7 +219,7 @@ pub enum ServerFrame<'a> {
     /// Someone else in a joined room is typing.
     Typing {
         /// The room.
-        room_id: i64,
+        room_id: RoomId,
         /// Who.
         user: TypingUser<'a>,
     },
@@ -266,6 +268,24 @@ impl<'a> ServerFrame<'a> {
     }
 }
 
+/// The `message` frame of a message: the encoder of the hub's shared
+/// message entries, and of messages read from the database.
+pub fn message_frame(message: &MessageView) -> Utf8Bytes {
+    ServerFrame::Message { message }.encode()
+}
+
+/// The `typing` frame of the hub's shared typing entries.
+pub fn typing_frame(typing: &Typing) -> Utf8Bytes {
+    ServerFrame::Typing {
+        room_id: typing.room_id,
+        user: TypingUser {
+            id: typing.user_id,
+            username: &typing.username,
+        },
+    }
+    .encode()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,12 +301,18 @@ mod tests {
         assert!(matches!(
             i.command,
             Ok(Command::Join {
-                room_id: 3,
-                after_seq: Some(7)
+                room_id: RoomId(3),
+                after_seq: Some(Seq(7))
             })
         ));
         let i = parse(r#"{"type":"send","room_id":1,"body":"hi","client_id":"c1"}"#);
-        assert!(matches!(i.command, Ok(Command::Send { room_id: 1, .. })));
+        assert!(matches!(
+            i.command,
+            Ok(Command::Send {
+                room_id: RoomId(1),
+                ..
+            })
+        ));
         assert!(matches!(
             parse(r#"{"type":"ping"}"#).command,
             Ok(Command::Ping)
@@ -324,8 +350,8 @@ mod tests {
     #[test]
     fn optional_fields_are_left_out() {
         let joined = ServerFrame::Joined {
-            room_id: 1,
-            last_seq: 5,
+            room_id: RoomId(1),
+            last_seq: Seq(5),
             truncated: false,
             reference: None,
         }
@@ -333,6 +359,15 @@ mod tests {
         assert_eq!(
             joined.as_str(),
             r#"{"type":"joined","room_id":1,"last_seq":5}"#
+        );
+        let typing = typing_frame(&Typing {
+            room_id: RoomId(3),
+            user_id: UserId(1),
+            username: "ann".into(),
+        });
+        assert_eq!(
+            typing.as_str(),
+            r#"{"type":"typing","room_id":3,"user":{"id":1,"username":"ann"}}"#
         );
         let pong = ServerFrame::Pong {
             reference: Some("x"),

@@ -1,14 +1,12 @@
 //! Issue 3: the authorization matrix — every endpoint of SPEC §2 called as
 //! anonymous, a room member, a non-member, an agent and an admin.
 
-use chatpool::domain::Role;
-use reqwest::Method;
-use serde_json::{json, Value};
-
-use crate::api_client::{
+use chatpool::testkit::api::{
     call, create_room, id_of, login, register, user_with_role, Session, PASSWORD,
 };
-use crate::helpers::{bounded, spawn_app};
+use chatpool::testkit::{bounded, spawn_app, Role};
+use reqwest::Method;
+use serde_json::{json, Value};
 
 /// The callers of the matrix, in column order.
 const CALLERS: [&str; 5] = ["anonymous", "member", "non-member", "agent", "admin"];

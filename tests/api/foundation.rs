@@ -1,42 +1,18 @@
 //! Issue 2: configuration, the one bounded pool, the db entry point, migrations,
 //! ops endpoints and the embedded cluster.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatpool::db::{migrations, DbError};
-use diesel::sql_types::{Bool, Double};
-use diesel_async::RunQueryDsl;
-use futures_util::future::{join_all, FutureExt};
+use chatpool::testkit::pg::{admin_count, sql_client, wait_until_no_server_connections};
+use chatpool::testkit::probe::DbError;
+use chatpool::testkit::{
+    bounded, cluster, spawn_app, AppOptions, BinaryServer, Cluster, ClusterOptions,
+};
+use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 
-use crate::cluster::cluster;
-use crate::helpers::{
-    admin_count, binary, bounded, spawn_app, sql_client, wait_until_no_server_connections,
-    AppOptions, BinaryServer,
-};
-
-#[derive(diesel::QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    value: bool,
-}
-
-/// Runs `pg_sleep(secs)` in a transaction through the app's db entry point.
-async fn sleep_in_transaction(app: &crate::helpers::TestApp, secs: f64) -> Result<(), DbError> {
-    app.state()
-        .db()
-        .transaction(move |conn| {
-            async move {
-                diesel::sql_query("SELECT pg_sleep($1)")
-                    .bind::<Double, _>(secs)
-                    .execute(conn)
-                    .await?;
-                Ok::<_, DbError>(())
-            }
-            .boxed()
-        })
-        .await
-}
+use crate::binary;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_answer() {
@@ -96,7 +72,7 @@ async fn connection_limit_caps_the_servers_connections_under_concurrent_load() {
             .env("CHATPOOL_TX_MAX_WAIT_MS", 10_000)
             .spawn()
             .await;
-        assert_eq!(app.state().db().pool().status().max_size, 2);
+        assert_eq!(app.pool_status().max_size, 2);
 
         let done = tokio_util::sync::CancellationToken::new();
         let sampler = {
@@ -114,7 +90,7 @@ async fn connection_limit_caps_the_servers_connections_under_concurrent_load() {
         // 50 HTTP requests that each use the database, and 50 transactions that
         // each hold a connection for a moment, all at once.
         let http = join_all((0..50).map(|_| app.get("/readyz")));
-        let txs = join_all((0..50).map(|_| sleep_in_transaction(&app, 0.02)));
+        let txs = join_all((0..50).map(|_| app.sleep_in_transaction(0.02)));
         let (responses, results) = tokio::join!(http, txs);
         done.cancel();
         let max = sampler.await.unwrap();
@@ -136,7 +112,7 @@ async fn a_transaction_past_its_timeout_fails_with_db_timeout_and_leaves_nothing
             .await;
 
         let started = Instant::now();
-        let result = sleep_in_transaction(&app, 10.0).await;
+        let result = app.sleep_in_transaction(10.0).await;
         let elapsed = started.elapsed();
         assert!(matches!(result, Err(DbError::Timeout)), "{result:?}");
         assert!(
@@ -163,11 +139,11 @@ async fn a_transaction_past_its_timeout_fails_with_db_timeout_and_leaves_nothing
 
         // The connection was rolled back and returned, not replaced: the pool
         // never needed a second one, so the process never exceeded its limit.
-        let status = app.state().db().pool().status();
+        let status = app.pool_status();
         assert_eq!(status.size, 1, "{status:?}");
         assert_eq!(status.available, status.size, "{status:?}");
         for _ in 0..3 {
-            sleep_in_transaction(&app, 0.0).await.expect("next transaction succeeds");
+            app.sleep_in_transaction(0.0).await.expect("next transaction succeeds");
         }
     })
     .await;
@@ -181,11 +157,13 @@ async fn with_every_connection_held_the_next_acquisition_fails_with_db_busy_afte
             .env("CHATPOOL_TX_MAX_WAIT_MS", 400)
             .spawn()
             .await;
-        let db = app.state().db();
-        let held = [db.acquire().await.unwrap(), db.acquire().await.unwrap()];
+        let held = [
+            app.acquire_connection().await.unwrap(),
+            app.acquire_connection().await.unwrap(),
+        ];
 
         let started = Instant::now();
-        let result = db.acquire().await;
+        let result = app.acquire_connection().await;
         let elapsed = started.elapsed();
         assert!(matches!(result, Err(DbError::Busy)), "{:?}", result.err());
         assert!(
@@ -194,7 +172,7 @@ async fn with_every_connection_held_the_next_acquisition_fails_with_db_busy_afte
         );
 
         drop(held);
-        assert!(db.acquire().await.is_ok());
+        assert!(app.acquire_connection().await.is_ok());
     })
     .await;
 }
@@ -203,30 +181,15 @@ async fn with_every_connection_held_the_next_acquisition_fails_with_db_busy_afte
 async fn migrations_run_up_down_and_up_again() {
     bounded(async {
         let app = spawn_app().await;
-        let db = app.state().db();
-        let table_exists = || async {
-            db.transaction(|conn| {
-                async move {
-                    let flag: Flag = diesel::sql_query(
-                        "SELECT to_regclass('public.messages') IS NOT NULL AS value",
-                    )
-                    .get_result(conn)
-                    .await?;
-                    Ok::<_, DbError>(flag.value)
-                }
-                .boxed()
-            })
-            .await
-            .unwrap()
-        };
+        let table_exists = || app.table_exists("public.messages");
         assert!(table_exists().await, "serve applied the migrations");
-        assert!(migrations::run_pending(db).await.unwrap().is_empty());
+        assert!(app.run_pending_migrations().await.unwrap().is_empty());
 
-        let reverted = migrations::revert_all(db).await.unwrap();
+        let reverted = app.revert_all_migrations().await.unwrap();
         assert!(!reverted.is_empty());
         assert!(!table_exists().await, "down migrations removed the tables");
 
-        let applied = migrations::run_pending(db).await.unwrap();
+        let applied = app.run_pending_migrations().await.unwrap();
         assert_eq!(applied.len(), reverted.len());
         assert!(table_exists().await);
     })
@@ -336,10 +299,11 @@ async fn serve_without_database_url_runs_on_an_embedded_cluster_that_keeps_its_d
 
         // First start: initialise, serve, store something, stop.
         let env1 = env.clone();
-        let mut server =
-            tokio::task::spawn_blocking(move || BinaryServer::start(&env1, Duration::from_secs(90)))
-                .await
-                .unwrap();
+        let mut server = tokio::task::spawn_blocking(move || {
+            BinaryServer::start(binary(), &env1, Duration::from_secs(90))
+        })
+        .await
+        .unwrap();
         let http = reqwest::Client::new();
         let ready = http.get(server.url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200, "{}", server.log());
@@ -359,10 +323,11 @@ async fn serve_without_database_url_runs_on_an_embedded_cluster_that_keeps_its_d
         assert!(!data_dir.join("postgres/postmaster.pid").exists(), "cluster left running");
 
         // Second start: same cluster, same data.
-        let mut server =
-            tokio::task::spawn_blocking(move || BinaryServer::start(&env, Duration::from_secs(60)))
-                .await
-                .unwrap();
+        let mut server = tokio::task::spawn_blocking(move || {
+            BinaryServer::start(binary(), &env, Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
         let ready = http.get(server.url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
         let kept = query_count(&socket_url, "SELECT count(*) FROM users WHERE username = 'kept'").await;
@@ -437,25 +402,20 @@ async fn stopping_the_app_closes_every_connection_it_opened() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recover_on_its_return() {
-    use chatpool::config::Settings;
-    use chatpool::embedded::{EmbeddedOptions, EmbeddedPostgres};
-    use chatpool::startup::Application;
+    use chatpool::{Application, Settings};
 
     bounded(async {
         // A private cluster: this test stops it.
-        let dir = tempfile::tempdir().unwrap();
-        allow_traversal(dir.path());
-        let opts = EmbeddedOptions {
-            data_dir: dir.path().join("data"),
+        let options = ClusterOptions {
             max_connections: 20,
+            durable: true,
         };
-        let start = |opts: EmbeddedOptions| {
-            tokio::task::spawn_blocking(move || {
-                EmbeddedPostgres::start(&opts).expect("cluster starts")
-            })
-        };
-        let pg = start(opts.clone()).await.unwrap();
-        let url = pg.url(EmbeddedPostgres::DATABASE);
+        let pg = Arc::new(
+            tokio::task::spawn_blocking(move || Cluster::start(options))
+                .await
+                .unwrap(),
+        );
+        let url = pg.url(Cluster::DEFAULT_DATABASE);
         let settings = Settings::from_lookup(None, |k| match k {
             "DATABASE_URL" => Some(url.clone()),
             "CHATPOOL_LISTEN" => Some("127.0.0.1:0".into()),
@@ -487,7 +447,8 @@ async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recov
         assert_eq!(me().await.unwrap().status(), 200);
 
         // Down: fast, clear failures; the process stays up.
-        tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        let down = pg.clone();
+        tokio::task::spawn_blocking(move || down.stop())
             .await
             .unwrap();
         let started = Instant::now();
@@ -517,7 +478,10 @@ async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recov
         );
 
         // Back: serving again within seconds, without a restart.
-        let pg = start(opts).await.unwrap();
+        let up = pg.clone();
+        tokio::task::spawn_blocking(move || up.start_again())
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if me().await.unwrap().status() == 200 {
@@ -532,7 +496,7 @@ async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recov
 
         let _ = stop_tx.send(());
         server.await.unwrap().expect("clean shutdown");
-        tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        tokio::task::spawn_blocking(move || pg.stop())
             .await
             .unwrap();
     })

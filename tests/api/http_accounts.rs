@@ -6,15 +6,17 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chatpool::testkit::api::{
+    call, collect, get, login, register, register_raw, user_with_role, usernames, Session, PASSWORD,
+};
+use chatpool::testkit::pg::sql_client;
+use chatpool::testkit::{bounded, spawn_app, AppOptions, Role};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api_client::{
-    call, get, login, register, register_raw, sql_client, usernames, Session, PASSWORD,
-};
-use crate::helpers::{binary, bounded, spawn_app, AppOptions};
+use crate::binary;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_creates_a_member_and_returns_a_working_token() {
@@ -253,9 +255,7 @@ async fn missing_malformed_or_unknown_tokens_get_401_unauthorized() {
             .send()
             .await
             .unwrap();
-        crate::api_client::collect(reply)
-            .await
-            .expect_error(401, "unauthorized");
+        collect(reply).await.expect_error(401, "unauthorized");
     })
     .await;
 }
@@ -306,8 +306,7 @@ async fn users_are_searched_by_prefix_in_username_order_within_limits() {
 async fn no_response_carries_a_password_or_hash_and_tokens_are_stored_hashed() {
     bounded(async {
         let app = spawn_app().await;
-        let admin =
-            crate::api_client::user_with_role(&app, "admin1", chatpool::domain::Role::Admin).await;
+        let admin = user_with_role(&app, "admin1", Role::Admin).await;
         let alice = register(&app, "alice").await;
         let logged_in = login(&app, "alice", PASSWORD).await;
         let mut texts = vec![logged_in.text.clone()];
@@ -321,7 +320,7 @@ async fn no_response_carries_a_password_or_hash_and_tokens_are_stored_hashed() {
             texts.push(get(&app, path, &admin.token).await.expect_text(200));
         }
         texts.push(
-            crate::api_client::call(
+            call(
                 &app,
                 Method::PATCH,
                 &format!("/api/admin/users/{}", alice.id()),

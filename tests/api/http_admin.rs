@@ -5,16 +5,16 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use chatpool::domain::Role;
+use chatpool::testkit::api::{
+    call, create_room, get, history, id_of, post_message, register, user_with_role, usernames,
+    PASSWORD,
+};
+use chatpool::testkit::pg::sql_client;
+use chatpool::testkit::{bounded, cluster, spawn_app, AppOptions, BinaryServer, Role, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api_client::{
-    call, create_room, get, id_of, post_message, register, sql_client, user_with_role, usernames,
-    PASSWORD,
-};
-use crate::cluster::cluster;
-use crate::helpers::{binary, bounded, spawn_app, AppOptions, BinaryServer};
+use crate::binary;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_users_pages_by_id_with_after_id_and_limit() {
@@ -141,8 +141,8 @@ async fn a_role_change_applies_at_once_to_existing_tokens() {
     .await;
 }
 
-async fn history_is_hidden(app: &crate::helpers::TestApp, token: &str, room: i64) {
-    crate::api_client::history(app, token, room, "")
+async fn history_is_hidden(app: &TestApp, token: &str, room: i64) {
+    history(app, token, room, "")
         .await
         .expect_error(404, "not_found");
 }
@@ -335,7 +335,11 @@ async fn user_add_creates_a_user_from_stdin_and_refuses_a_taken_name() {
         }
 
         // The user logs in to the real server on that database.
-        let server = BinaryServer::start(&[("DATABASE_URL", url.clone())], Duration::from_secs(60));
+        let server = BinaryServer::start(
+            binary(),
+            &[("DATABASE_URL", url.clone())],
+            Duration::from_secs(60),
+        );
         let http = reqwest::Client::new();
         let body: Value = http
             .post(server.url("/api/auth/login"))

@@ -1,14 +1,12 @@
 //! Issue 3: sending over HTTP, history paging, and requests rejected at the edge.
 
-use chatpool::domain::Role;
+use chatpool::testkit::api::{
+    collect, create_room, history, id_of, post, post_message, register, seqs, user_with_role,
+};
+use chatpool::testkit::pg::sql_client;
+use chatpool::testkit::{bounded, spawn_app, Role};
 use futures_util::future::join_all;
 use serde_json::json;
-
-use crate::api_client::{
-    collect, create_room, history, id_of, post, post_message, register, seqs, sql_client,
-    user_with_role,
-};
-use crate::helpers::{bounded, spawn_app};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_is_stored_and_returned_as_201_in_the_spec_shape() {

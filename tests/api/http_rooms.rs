@@ -1,11 +1,9 @@
 //! Issue 3: rooms and members.
 
-use chatpool::domain::Role;
+use chatpool::testkit::api::{call, create_room, get, id_of, post, register, user_with_role};
+use chatpool::testkit::{bounded, spawn_app, Role};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-use crate::api_client::{call, create_room, get, id_of, post, register, user_with_role};
-use crate::helpers::{bounded, spawn_app};
 
 fn room_ids(body: &Value) -> Vec<i64> {
     body["rooms"]

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatpool::domain::Role;
-use serde_json::{json, Value};
-
-use crate::api_client;
-use crate::cluster::cluster;
-use crate::helpers::{
-    admin_count, admin_exec, bounded, create_role, sql_client, AppOptions, TestApp,
+use chatpool::testkit::api;
+use chatpool::testkit::pg::{admin_count, admin_exec, create_role, sql_client};
+use chatpool::testkit::seed::{
+    bulk_messages, seed_room, seed_user, seed_users, stored_seqs, two_in_a_room,
 };
-use crate::ws_support::{connect, seed_room, seed_user, seed_users, seq_of, WsClient};
+use chatpool::testkit::ws::{connect, seq_of, WsClient};
+use chatpool::testkit::{bounded, cluster, AppOptions, Role, TestApp};
+use serde_json::{json, Value};
 
 /// How fast a message must cross from one instance to another.
 const CROSS_INSTANCE: Duration = Duration::from_secs(2);
@@ -84,9 +83,7 @@ pub(crate) async fn listener_pid(database: &str, role: &str) -> i64 {
 async fn a_message_sent_on_one_instance_reaches_a_socket_on_the_other_within_2_s() {
     bounded(async {
         let (a, b, _, _) = two_instances(10).await;
-        let alice = seed_user(&a, "alice", Role::Member).await;
-        let bob = seed_user(&a, "bob", Role::Member).await;
-        let room = seed_room(&a, alice.id, &[bob.id]).await;
+        let (alice, bob, room) = two_in_a_room(&a, "alice", "bob").await;
 
         let mut on_b = connect(&b, &bob.token).await;
         on_b.join(room, None).await;
@@ -101,7 +98,7 @@ async fn a_message_sent_on_one_instance_reaches_a_socket_on_the_other_within_2_s
         assert_eq!(own_copy(&mut on_a, before).await, ack["message"]);
 
         // Over HTTP: the 201 on A and the delivery on B carry one message.
-        let created = api_client::post(
+        let created = api::post(
             &a,
             &format!("/api/rooms/{room}/messages"),
             &alice.token,
@@ -190,7 +187,7 @@ async fn each_instance_stays_within_its_own_connection_limit_under_load_listener
             max_a >= 2 && max_b >= 2,
             "listener plus pool not seen: {max_a}, {max_b}"
         );
-        let seqs = crate::ws_support::stored_seqs(&a, room).await;
+        let seqs = stored_seqs(&a, room).await;
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     })
     .await;
@@ -200,9 +197,7 @@ async fn each_instance_stays_within_its_own_connection_limit_under_load_listener
 async fn when_its_listener_is_terminated_an_instance_reconnects_and_catches_up_on_what_it_missed() {
     bounded(async {
         let (a, b, _, role_b) = two_instances(10).await;
-        let alice = seed_user(&a, "alice", Role::Member).await;
-        let bob = seed_user(&a, "bob", Role::Member).await;
-        let room = seed_room(&a, alice.id, &[bob.id]).await;
+        let (alice, bob, room) = two_in_a_room(&a, "alice", "bob").await;
         let mut on_b = connect(&b, &bob.token).await;
         on_b.join(room, None).await;
         let mut on_a = connect(&a, &alice.token).await;
@@ -283,12 +278,12 @@ pub(crate) async fn wait_until_gone(pid: i64) {
 async fn logout_on_one_instance_closes_the_same_tokens_socket_on_the_other_with_1008() {
     bounded(async {
         let (a, b, _, _) = two_instances(10).await;
-        let session = api_client::register(&a, "carol").await;
+        let session = api::register(&a, "carol").await;
         let mut on_b = connect(&b, &session.token).await;
         assert_eq!(on_b.round_trip().await.len(), 0);
 
         let started = Instant::now();
-        api_client::post(&a, "/api/auth/logout", &session.token, json!({}))
+        api::post(&a, "/api/auth/logout", &session.token, json!({}))
             .await
             .expect(204);
         on_b.expect_close(1008).await;
@@ -299,10 +294,10 @@ async fn logout_on_one_instance_closes_the_same_tokens_socket_on_the_other_with_
         );
 
         // Neither instance accepts the token afterwards.
-        api_client::get(&b, "/api/me", &session.token)
+        api::get(&b, "/api/me", &session.token)
             .await
             .expect_error(401, "unauthorized");
-        api_client::get(&a, "/api/me", &session.token)
+        api::get(&a, "/api/me", &session.token)
             .await
             .expect_error(401, "unauthorized");
     })
@@ -315,7 +310,7 @@ async fn a_notification_for_a_message_a_socket_already_has_is_not_delivered_twic
         let app = AppOptions::default().spawn().await;
         let alice = seed_user(&app, "alice", Role::Member).await;
         let room = seed_room(&app, alice.id, &[]).await;
-        crate::ws_support::bulk_messages(&app, room, alice.id, 3).await;
+        bulk_messages(&app, room, alice.id, 3).await;
 
         let mut ws = connect(&app, &alice.token).await;
         ws.join(room, Some(0)).await;
@@ -365,7 +360,7 @@ async fn a_logout_made_while_an_instance_is_not_listening_closes_its_sockets_onc
 {
     bounded(async {
         let (a, b, _, role_b) = two_instances(10).await;
-        let session = api_client::register(&a, "erin").await;
+        let session = api::register(&a, "erin").await;
         let mut on_b = connect(&b, &session.token).await;
         assert!(on_b.round_trip().await.is_empty());
 
@@ -374,7 +369,7 @@ async fn a_logout_made_while_an_instance_is_not_listening_closes_its_sockets_onc
         admin_exec(&format!("ALTER ROLE {role_b} NOLOGIN")).await;
         admin_exec(&format!("SELECT pg_terminate_backend({pid})")).await;
         wait_until_gone(pid).await;
-        api_client::post(&a, "/api/auth/logout", &session.token, json!({}))
+        api::post(&a, "/api/auth/logout", &session.token, json!({}))
             .await
             .expect(204);
         // The revocation went to nobody on B: its socket still works.

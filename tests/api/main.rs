@@ -1,11 +1,8 @@
 //! Integration tests: one binary, one throwaway PostgreSQL cluster, a fresh
-//! database per test, the real server on port 0.
+//! database per test, the real server on port 0 (all from `chatpool::testkit`).
 
-mod api_client;
 mod authz;
-mod cluster;
 mod foundation;
-mod helpers;
 mod http_accounts;
 mod http_admin;
 mod http_messages;
@@ -16,4 +13,9 @@ mod ws_access;
 mod ws_delivery;
 mod ws_limits;
 mod ws_protocol;
-mod ws_support;
+
+/// Path of the built `chatpool` binary, for the tests that run it as a
+/// separate process (only an integration test knows it).
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_chatpool")
+}

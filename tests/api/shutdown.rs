@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chatpool::testkit::pg::{sql_client, wait_until_no_server_connections};
+use chatpool::testkit::seed::token_and_hash;
+use chatpool::testkit::{bounded, cluster, BinaryServer, TestDatabase};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -11,8 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{cluster, TestDatabase};
-use crate::helpers::{bounded, sql_client, wait_until_no_server_connections, BinaryServer};
+use crate::binary;
 
 /// A request whose body is only partly sent: in flight until [`HeldRequest::finish`].
 struct HeldRequest {
@@ -112,7 +114,7 @@ async fn wait_for_drain(server: &BinaryServer) {
 fn start_binary(db: &TestDatabase, extra: &[(&str, String)]) -> BinaryServer {
     let mut env = vec![("DATABASE_URL", db.url.clone())];
     env.extend(extra.iter().cloned());
-    BinaryServer::start(&env, Duration::from_secs(60))
+    BinaryServer::start(binary(), &env, Duration::from_secs(60))
 }
 
 async fn wait_exit(
@@ -242,7 +244,7 @@ async fn seed(db: &TestDatabase, users: usize, rooms: usize) -> (Vec<String>, Ve
             .await
             .unwrap()
             .get(0);
-        let (token, hash) = chatpool::auth::new_token();
+        let (token, hash) = token_and_hash();
         client
             .execute(
                 "INSERT INTO auth_tokens (user_id, token_hash) VALUES ($1, $2)",

@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use chatpool::domain::Role;
+use chatpool::testkit::api::call;
+use chatpool::testkit::pg::admin_exec;
+use chatpool::testkit::seed::{seed_room, seed_user};
+use chatpool::testkit::ws::{connect, WsClient};
+use chatpool::testkit::{bounded, spawn_app, Role, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api_client::call;
-use crate::helpers::admin_exec;
-use crate::helpers::{bounded, spawn_app, TestApp};
 use crate::instances::{listener_pid, two_instances, wait_until_gone};
-use crate::ws_support::{connect, seed_room, seed_user, WsClient};
 
 /// How fast a socket must learn that a room was taken away.
 const TAKEN_AWAY: Duration = Duration::from_secs(2);

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatpool::domain::Role;
+use chatpool::testkit::process::ensure_open_files;
+use chatpool::testkit::seed::{
+    count_client_id, seed_room, seed_user, seed_users, stored_seqs, two_in_a_room,
+};
+use chatpool::testkit::ws::*;
+use chatpool::testkit::{bounded, cluster, spawn_app, AppOptions, Role, TestApp};
 use serde_json::{json, Value};
-
-use crate::helpers::{bounded, spawn_app, AppOptions, TestApp};
-use crate::ws_support::*;
 
 /// Error codes a client retries with the same `client_id`.
 const RETRYABLE: [&str; 3] = ["db_busy", "db_timeout", "db_unavailable"];
@@ -134,9 +136,7 @@ async fn ws_rejoin_with_after_seq_is_gapless_and_duplicate_free_while_sends_race
 async fn ws_two_sends_with_one_client_id_store_and_broadcast_one_message() {
     bounded(async {
         let app = spawn_app().await;
-        let ann = seed_user(&app, "ann", Role::Member).await;
-        let bob = seed_user(&app, "bob", Role::Member).await;
-        let room = seed_room(&app, ann.id, &[bob.id]).await;
+        let (ann, bob, room) = two_in_a_room(&app, "ann", "bob").await;
         let mut a = connect(&app, &ann.token).await;
         let mut b = connect(&app, &bob.token).await;
         a.join(room, None).await;
@@ -193,9 +193,7 @@ fn sample_connections(app: &TestApp, stop: Arc<AtomicBool>) -> tokio::task::Join
     tokio::spawn(async move {
         let max = AtomicI64::new(0);
         while !stop.load(Ordering::Relaxed) {
-            let n = crate::cluster::cluster()
-                .connections_of(&db_name, "chatpool")
-                .await;
+            let n = cluster().connections_of(&db_name, "chatpool").await;
             max.fetch_max(n, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

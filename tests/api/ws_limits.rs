@@ -4,14 +4,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatpool::domain::{ClientId, MessageBody, Role};
-use chatpool::hub::QUEUE_CAPACITY;
+use chatpool::testkit::probe::QUEUE_CAPACITY;
+use chatpool::testkit::process::rss_kib;
+use chatpool::testkit::seed::{logout, new_token, seed_room, seed_user, two_in_a_room};
+use chatpool::testkit::ws::*;
+use chatpool::testkit::{bounded, spawn_app, AppOptions, Role};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-use crate::helpers::{bounded, spawn_app, AppOptions};
-use crate::ws_support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ws_a_binary_frame_closes_with_1003() {
@@ -84,7 +84,7 @@ async fn ws_upgrades_past_max_sockets_get_503_until_one_closes() {
 
         drop(a);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while app.state().hub().session_count() > 1 {
+        while app.ws_sessions() > 1 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "closed socket still counted"
@@ -106,7 +106,7 @@ async fn ws_shutdown_closes_sockets_with_1001_and_refuses_new_upgrades() {
         let mut a = connect(&app, &ann.token).await;
         a.join(room, None).await;
 
-        app.state().shutdown().trigger();
+        app.begin_shutdown();
         a.expect_close(1001).await;
         let refused = try_connect(&app, &ann.token).await.err().expect("refused");
         assert_eq!(refused.status, 503);
@@ -119,9 +119,7 @@ async fn ws_shutdown_closes_sockets_with_1001_and_refuses_new_upgrades() {
 async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bounded() {
     bounded(async {
         let app = spawn_app().await;
-        let ann = seed_user(&app, "ann", Role::Member).await;
-        let flooder = seed_user(&app, "flood", Role::Member).await;
-        let room = seed_room(&app, ann.id, &[flooder.id]).await;
+        let (ann, flooder, room) = two_in_a_room(&app, "ann", "flood").await;
 
         // The slow client: a small receive buffer, joins, then stops reading.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -147,19 +145,16 @@ async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bound
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         const MAX_FLOOD: u64 = 20_000;
-        let body = MessageBody::parse(&"z".repeat(3900)).unwrap();
+        let body = "z".repeat(3900);
         let mut floods = Vec::new();
         for worker in 0..4 {
-            let (state, user, body) = (app.state().clone(), flooder.auth(), body.clone());
+            let (sender, body) = (app.direct_sender(&flooder), body.clone());
             let (stop, sent, peak) = (stop.clone(), sent.clone(), peak.clone());
             floods.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < MAX_FLOOD {
-                    let cid = ClientId::parse(&format!("f{worker}-{i}")).unwrap();
-                    if chatpool::chat::send_message(&state, &user, room, body.clone(), Some(cid))
-                        .await
-                        .is_ok()
-                    {
+                    let cid = format!("f{worker}-{i}");
+                    if sender.send(room, &body, &cid).await.is_ok() {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
@@ -170,8 +165,7 @@ async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bound
             }));
         }
         // Wait for the server's own verdict.
-        let hub = app.state().hub().clone();
-        while hub.stats().slow_consumer_closes == 0 {
+        while app.hub_stats().slow_consumer_closes == 0 {
             assert!(
                 sent.load(Ordering::Relaxed) < MAX_FLOOD,
                 "{MAX_FLOOD} messages and the non-reading socket is still open"
@@ -183,7 +177,7 @@ async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bound
         for f in floods {
             f.await.unwrap();
         }
-        let stats = hub.stats();
+        let stats = app.hub_stats();
         assert!(stats.queue_high_water <= QUEUE_CAPACITY, "{stats:?}");
         let flooded = sent.load(Ordering::Relaxed);
         let growth_mib = (peak.load(Ordering::Relaxed).saturating_sub(rss_before)) / 1024;

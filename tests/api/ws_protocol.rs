@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use chatpool::domain::Role;
+use chatpool::testkit::seed::{
+    bulk_messages, logout, seed_room, seed_user, set_role, stored_seqs, two_in_a_room,
+};
+use chatpool::testkit::ws::*;
+use chatpool::testkit::{bounded, spawn_app, AppOptions, Role};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-use crate::helpers::{bounded, spawn_app, AppOptions};
-use crate::ws_support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ws_hello_then_ping_pong_with_ref_over_bearer_or_query_token() {
@@ -218,9 +219,7 @@ async fn ws_join_leave_send_ack_and_broadcast_to_every_joined_socket() {
 async fn ws_typing_reaches_the_others_only_and_is_rate_limited() {
     bounded(async {
         let app = spawn_app().await;
-        let ann = seed_user(&app, "ann", Role::Member).await;
-        let bob = seed_user(&app, "bob", Role::Member).await;
-        let room = seed_room(&app, ann.id, &[bob.id]).await;
+        let (ann, bob, room) = two_in_a_room(&app, "ann", "bob").await;
         let mut a = connect(&app, &ann.token).await;
         let mut b = connect(&app, &bob.token).await;
 
@@ -366,7 +365,7 @@ async fn ws_heartbeat_pings_and_drops_a_silent_peer() {
         }
         // Meanwhile the silent one (never read, never answered) was dropped.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while app.state().hub().session_count() > 1 {
+        while app.ws_sessions() > 1 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "silent peer still open"

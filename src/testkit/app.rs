@@ -1,4 +1,10 @@
-//! Test helpers: an app per test on its own database, in-process or as the real binary.
+//! The server under test, started the way production starts it.
+//!
+//! [`TestApp`] is the real [`crate::startup::Application`] running in this
+//! process on port 0 and on a database of its own, so tests run in parallel
+//! without sharing state and can look inside it (see `probe`).
+//! [`BinaryServer`] is the real `chatpool` executable, for what only a
+//! separate process shows: signals, exit codes, the log.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -7,31 +13,32 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatpool::config::Settings;
-use chatpool::startup::Application;
-use chatpool::state::AppState;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{cluster, TestDatabase};
+use crate::config::Settings;
+use crate::startup::Application;
+use crate::state::AppState;
 
-/// Every test's overall bound; a test that needs longer says so itself.
-pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+use super::cluster::{cluster, TestDatabase};
+use super::pg::with_params;
 
-/// A chatpool server running in this process on port 0, on a fresh database.
+/// A chatpool server running in this process on port 0, on its own database.
 pub struct TestApp {
     /// Bound address.
     pub addr: SocketAddr,
     /// The database (dropped when the last handle goes).
     pub db: Arc<TestDatabase>,
-    /// HTTP client.
+    /// An HTTP client with a 30 s timeout, for requests the typed API client
+    /// does not cover (odd bodies, headers).
     pub http: reqwest::Client,
-    state: AppState,
+    pub(super) state: AppState,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Builder for [`TestApp`]: environment overrides and URL parameters.
+/// Builder for [`TestApp`]: environment overrides, `DATABASE_URL` parameters,
+/// a shared database or a PostgreSQL role of its own.
 #[derive(Default)]
 pub struct AppOptions {
     env: HashMap<String, String>,
@@ -53,20 +60,22 @@ impl AppOptions {
         self
     }
 
-    /// Runs on `database` instead of a fresh one: several instances, one database.
+    /// Runs on `database` instead of a fresh one on the shared cluster:
+    /// several instances on one database, or a database of another cluster.
     pub fn database(mut self, database: Arc<TestDatabase>) -> Self {
         self.database = Some(database);
         self
     }
 
-    /// Connects as the PostgreSQL role `role` (see [`create_role`]), so this
-    /// instance's connections can be told apart in `pg_stat_activity`.
+    /// Connects as the PostgreSQL role `role` (see [`super::pg::create_role`]),
+    /// so this instance's connections can be told apart in `pg_stat_activity`.
     pub fn role(mut self, role: &str) -> Self {
         self.role = Some(role.to_owned());
         self
     }
 
-    /// Starts the app.
+    /// Starts the app: settings from the options, `Application::build`
+    /// (migrations included), serving until shut down or dropped.
     pub async fn spawn(self) -> TestApp {
         let db = match self.database {
             Some(db) => db,
@@ -80,39 +89,40 @@ impl AppOptions {
         env.insert("DATABASE_URL".into(), url);
         env.entry("CHATPOOL_LISTEN".into())
             .or_insert_with(|| "127.0.0.1:0".into());
-        let settings = Settings::from_lookup(None, |k| env.get(k).cloned()).expect("test settings");
-        let app = Application::build(settings).await.expect("app builds");
-        let addr = app.local_addr();
-        let state = app.state().clone();
-        let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = rx.await;
-        }));
-        TestApp {
-            addr,
-            db,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            state,
-            stop: Some(tx),
-            server: Some(server),
-        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        start(env, db, http).await
     }
 }
 
-/// Appends query parameters to a URL that may already have some.
-pub fn with_params(url: &str, params: &[(String, String)]) -> String {
-    let mut out = url.to_owned();
-    for (k, v) in params {
-        out.push(if out.contains('?') { '&' } else { '?' });
-        out.push_str(&format!("{k}={v}"));
+/// Settings from `env` alone, `Application::build`, and the server task.
+async fn start(
+    env: HashMap<String, String>,
+    db: Arc<TestDatabase>,
+    http: reqwest::Client,
+) -> TestApp {
+    let settings = Settings::from_lookup(None, |k| env.get(k).cloned()).expect("test settings");
+    let app = Application::build(settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        db,
+        http,
+        state,
+        stop: Some(tx),
+        server: Some(server),
     }
-    out
 }
 
-/// A default app on a fresh database.
+/// A default app on a fresh database of the shared cluster: what most tests
+/// start with.
 pub async fn spawn_app() -> TestApp {
     AppOptions::default().spawn().await
 }
@@ -123,12 +133,7 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The server's state (pool, settings).
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// GET a path.
+    /// GET a path, for endpoints that need no token (`/healthz`, `/metrics`).
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
@@ -137,15 +142,35 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// The sum of the unlabelled samples of `name` on `/metrics` (a counter,
+    /// or a histogram's `_sum` / `_count`), for measuring between two reads.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
+    }
+
     /// Connections this app holds to its database right now (`pg_stat_activity`).
     pub async fn server_connections(&self) -> i64 {
-        cluster().connections_of(&self.db.name, "chatpool").await
+        self.db.connections_of("chatpool").await
     }
 
     /// Runs the graceful shutdown and returns its outcome.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.take().expect("not yet stopped").send(());
-        self.server.take().unwrap().await.expect("server task")
+        self.server
+            .take()
+            .expect("server task")
+            .await
+            .expect("server task")
     }
 }
 
@@ -156,13 +181,6 @@ impl Drop for TestApp {
         }
         self.state.db().close();
     }
-}
-
-/// Runs `test` under [`TEST_TIMEOUT`].
-pub async fn bounded<F: std::future::Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test exceeded its time bound")
 }
 
 /// The real `chatpool` binary, with its log captured.
@@ -176,16 +194,12 @@ pub struct BinaryServer {
     eof: std::sync::mpsc::Receiver<()>,
 }
 
-/// Path of the built binary.
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_chatpool")
-}
-
 impl BinaryServer {
-    /// Starts `chatpool serve --listen 127.0.0.1:0` with `env` and waits for its
-    /// `listening on` line (up to `wait`).
-    pub fn start(env: &[(&str, String)], wait: Duration) -> BinaryServer {
-        let mut cmd = Command::new(binary());
+    /// Starts `program serve --listen 127.0.0.1:0` with `env` and waits for its
+    /// `listening on` line (up to `wait`). `program` is the built binary: an
+    /// integration test has its path as `env!("CARGO_BIN_EXE_chatpool")`.
+    pub fn start(program: &str, env: &[(&str, String)], wait: Duration) -> BinaryServer {
+        let mut cmd = Command::new(program);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")
@@ -197,7 +211,7 @@ impl BinaryServer {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("binary starts");
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
@@ -212,7 +226,7 @@ impl BinaryServer {
                         .to_owned();
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
+                sink.lock().expect("log lock").push(line);
             }
             let _ = eof_tx.send(());
         });
@@ -222,7 +236,7 @@ impl BinaryServer {
                 let _ = child.kill();
                 panic!(
                     "binary did not report listening within {wait:?}; log:\n{}",
-                    log.lock().unwrap().join("\n")
+                    log.lock().expect("log lock").join("\n")
                 );
             }
         };
@@ -277,7 +291,7 @@ impl BinaryServer {
 
     /// Everything logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lock().expect("log lock").join("\n")
     }
 }
 
@@ -288,68 +302,4 @@ impl Drop for BinaryServer {
             let _ = child.wait();
         }
     }
-}
-
-/// A connection to `url` as the test harness, tagged `application_name`
-/// (never `chatpool`, so never counted as the server's). It closes when the
-/// client is dropped.
-pub async fn sql_client(url: &str, application_name: &str) -> tokio_postgres::Client {
-    let url = with_params(url, &[("application_name".into(), application_name.into())]);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("harness connection");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// [`sql_client`] to the cluster's `postgres` database.
-async fn admin_client() -> tokio_postgres::Client {
-    sql_client(&cluster().url("postgres"), "chatpool-tests").await
-}
-
-/// Runs a `SELECT count(*) …` (any single `bigint`) on the cluster as the harness.
-pub async fn admin_count(sql: &str) -> i64 {
-    admin_client()
-        .await
-        .query_one(sql, &[])
-        .await
-        .expect("admin query")
-        .get(0)
-}
-
-/// Runs statements on the cluster as the harness.
-pub async fn admin_exec(sql: &str) {
-    admin_client()
-        .await
-        .batch_execute(sql)
-        .await
-        .expect("admin statement");
-}
-
-/// Waits (up to 5 s) until `database` has no `application_name=chatpool`
-/// connections: a backend leaves `pg_stat_activity` a moment after its client
-/// closed the socket, and nothing announces it.
-pub async fn wait_until_no_server_connections(database: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = cluster().connections_of(database, "chatpool").await;
-        if n == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{n} chatpool connections still open on {database}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Creates a login role with a random name on the test cluster and returns it.
-/// Roles are cluster-wide; each test makes its own.
-pub async fn create_role() -> String {
-    let role = format!("r_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    admin_exec(&format!("CREATE ROLE {role} LOGIN SUPERUSER")).await;
-    role
 }

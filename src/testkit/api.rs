@@ -1,19 +1,21 @@
-//! Typed calls to the HTTP API of SPEC §2, for the API tests.
+//! A typed client for the HTTP API of SPEC §2.
+//!
+//! Tests check statuses and bodies, not HTTP mechanics: these calls return a
+//! [`Reply`] with the status, `Retry-After` and body read, and assert the SPEC's
+//! error shape in one place ([`Reply::expect_error`]).
 
-// Shared helper: not every test uses every item.
-#![allow(dead_code)]
-
-use chatpool::domain::Role;
-use futures_util::FutureExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use super::app::TestApp;
+use super::seed::set_role;
+use super::Role;
 
-/// The password every helper-made user has.
+/// The password every user made by [`register`] has, so a test can log in
+/// as them.
 pub const PASSWORD: &str = "correct horse battery";
 
-/// A logged-in user: their token and their user object.
+/// A registered user: their token and their user object as the API sent it.
 #[derive(Debug, Clone)]
 pub struct Session {
     /// Bearer token.
@@ -29,7 +31,7 @@ impl Session {
     }
 }
 
-/// A response reduced to what tests look at.
+/// A response reduced to what tests look at, body already read.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status.
@@ -93,7 +95,8 @@ impl Reply {
     }
 }
 
-/// Sends a request and collects the reply.
+/// Sends a request (any method, token and JSON body optional) and collects
+/// the reply: what every other call here is made of.
 pub async fn call(
     app: &TestApp,
     method: Method,
@@ -112,7 +115,8 @@ pub async fn call(
     collect(response).await
 }
 
-/// A reqwest response as a [`Reply`].
+/// A reqwest response as a [`Reply`], for requests a test builds itself
+/// (raw bodies, odd headers).
 pub async fn collect(response: reqwest::Response) -> Reply {
     let status = response.status();
     let retry_after = response
@@ -155,29 +159,12 @@ pub async fn register(app: &TestApp, username: impl AsRef<str>) -> Session {
 }
 
 /// Registers `username` and gives them `role` (through the app's own pool,
-/// the way an admin's PATCH would).
+/// the way an admin's PATCH would): staff users without an admin to promote them.
 pub async fn user_with_role(app: &TestApp, username: &str, role: Role) -> Session {
     let mut session = register(app, username).await;
     set_role(app, session.id(), role).await;
     session.user["role"] = json!(role.as_str());
     session
-}
-
-/// Sets a role directly in the database.
-pub async fn set_role(app: &TestApp, user_id: i64, role: Role) {
-    app.state()
-        .db()
-        .transaction(move |conn| {
-            async move {
-                chatpool::store::users::set_role(conn, user_id, role)
-                    .await
-                    .map_err(chatpool::db::DbError::from)
-            }
-            .boxed()
-        })
-        .await
-        .expect("role set")
-        .expect("user exists");
 }
 
 /// `POST /api/auth/login`.
@@ -240,8 +227,6 @@ pub fn seqs(page: &Value) -> Vec<i64> {
         .map(|m| m["seq"].as_i64().unwrap())
         .collect()
 }
-
-pub use crate::helpers::sql_client;
 
 /// The `username`s of a `{"users": [...]}` body, in order.
 pub fn usernames(body: &serde_json::Value) -> Vec<String> {

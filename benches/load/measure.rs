@@ -1,0 +1,241 @@
+//! What the bench measures beside the server's own answers: PostgreSQL's
+//! connections over time, CPU time from `/proc`, latency percentiles, and the
+//! machine the run was on.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatpool::testkit::pg::sql_client;
+use tokio::task::JoinHandle;
+
+use crate::{BENCH_APP, PHASE_LIMIT};
+
+/// Connections tagged `application_name=chatpool` right now, on any database.
+async fn chatpool_connections(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chatpool'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// Waits (up to 10 s) until no chatpool connection is left from a previous scenario.
+pub async fn wait_no_chatpool_connections(admin: &tokio_postgres::Client) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while chatpool_connections(admin).await > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the `pg_stat_activity` sampler saw.
+pub struct Sampled {
+    /// Most `application_name=chatpool` connections at once.
+    pub max: i64,
+    /// Samples taken.
+    pub samples: u64,
+    /// Mean chatpool connections in a transaction (`active` or `idle in transaction`).
+    pub mean_in_tx: f64,
+    /// Mean chatpool connections waiting for a lock (`wait_event_type = 'Lock'`).
+    pub mean_lock_wait: f64,
+}
+
+/// Samples chatpool's connections every 20 ms until stopped.
+pub fn sample_connections(admin_url: &str, stop: Arc<AtomicBool>) -> JoinHandle<Sampled> {
+    let admin_url = admin_url.to_owned();
+    tokio::spawn(async move {
+        let client = sql_client(&admin_url, BENCH_APP).await;
+        let (mut max, mut samples, mut in_tx, mut lock) = (0, 0u64, 0i64, 0i64);
+        let until = Instant::now() + PHASE_LIMIT * 2;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            let row = client
+                .query_one(
+                    "SELECT count(*), \
+                     count(*) FILTER (WHERE state IN ('active', 'idle in transaction') AND query NOT LIKE 'LISTEN%'), \
+                     count(*) FILTER (WHERE wait_event_type = 'Lock') \
+                     FROM pg_stat_activity WHERE application_name = 'chatpool'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity");
+            max = max.max(row.get::<_, i64>(0));
+            in_tx += row.get::<_, i64>(1);
+            lock += row.get::<_, i64>(2);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let per = |n: i64| n as f64 / samples.max(1) as f64;
+        Sampled {
+            max,
+            samples,
+            mean_in_tx: per(in_tx),
+            mean_lock_wait: per(lock),
+        }
+    })
+}
+
+/// CPU seconds used so far by this process and by all `postgres` processes.
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    at: Instant,
+    this: f64,
+    postgres: f64,
+    /// Busy seconds of the whole machine (`/proc/stat`, all processes).
+    machine: f64,
+}
+
+impl Cpu {
+    pub fn now() -> Cpu {
+        // /proc reports utime and stime in USER_HZ, 100 on Linux.
+        let secs = |stat: &str| -> Option<(String, f64)> {
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some((comm, ticks / 100.0))
+        };
+        let this = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| secs(&s))
+            .map_or(0.0, |(_, t)| t);
+        let mut postgres = 0.0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if let Some((comm, t)) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| secs(&s))
+            {
+                if comm == "postgres" {
+                    postgres += t;
+                }
+            }
+        }
+        // cpu  user nice system idle iowait irq softirq steal ...
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                Some(
+                    [0, 1, 2, 5, 6, 7]
+                        .iter()
+                        .filter_map(|&i| f.get(i))
+                        .sum::<f64>()
+                        / 100.0,
+                )
+            })
+            .unwrap_or(0.0);
+        Cpu {
+            at: Instant::now(),
+            this,
+            postgres,
+            machine,
+        }
+    }
+
+    /// `"bench process X% + postgres Y% of 2 cores"` since `self`.
+    pub fn since(self) -> String {
+        let end = Cpu::now();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = (end.at - self.at).as_secs_f64().max(1e-9);
+        let pct = |d: f64| d / (wall * cores) * 100.0;
+        format!(
+            "chatpool + bench clients {:.0}%, PostgreSQL {:.0}%, whole machine {:.0}% of {cores} cores ({:.1} s wall)",
+            pct(end.this - self.this),
+            pct(end.postgres - self.postgres),
+            pct(end.machine - self.machine),
+            wall
+        )
+    }
+}
+
+/// Nearest-rank percentiles of a latency sample.
+pub struct Percentiles {
+    p50: Duration,
+    p95: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Percentiles {
+    pub fn of(sample: &mut [Duration]) -> Self {
+        sample.sort_unstable();
+        let at = |q: f64| {
+            if sample.is_empty() {
+                Duration::ZERO
+            } else {
+                let rank = ((q * sample.len() as f64).ceil() as usize).clamp(1, sample.len());
+                sample[rank - 1]
+            }
+        };
+        Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: sample.last().copied().unwrap_or_default(),
+        }
+    }
+
+    pub fn row(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} ms",
+            ms(self.p50),
+            ms(self.p95),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
+}
+
+/// `count` per second over `secs` (0 for no time).
+pub fn rate(count: f64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count / secs
+    } else {
+        0.0
+    }
+}
+
+/// A size from the environment, or `default`.
+pub fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: not a number: {v:?}"))
+        })
+        .unwrap_or(default)
+}
+
+/// Installed memory, for the report header.
+pub fn mem_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<f64>().ok())
+        .map_or_else(
+            || "unknown".into(),
+            |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0),
+        )
+}
+
+/// The compiler, for the report header.
+pub fn rustc_version() -> String {
+    Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "rustc unknown".into(), |s| s.trim().to_owned())
+}
