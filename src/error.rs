@@ -143,10 +143,9 @@ impl ApiError {
         match self {
             ApiError::RateLimited(secs) => Some(*secs),
             ApiError::Db(DbError::Busy | DbError::Timeout) => Some(1),
-            ApiError::ServerBusy(_) => Some(1),
-            ApiError::Db(DbError::Unavailable(_) | DbError::Closed) | ApiError::ShuttingDown => {
-                Some(5)
-            }
+            ApiError::Db(DbError::Unavailable(_) | DbError::Closed)
+            | ApiError::ShuttingDown
+            | ApiError::ServerBusy(_) => Some(5),
             _ => None,
         }
     }

@@ -1,49 +1,63 @@
 //! chatpool: a real-time chat backend whose WebSocket sessions and HTTP
 //! handlers share one bounded PostgreSQL pool.
 //!
-//! Layout:
-//! - [`cli`]: the `chatpool` command line; [`config`]: typed settings.
-//! - [`startup`]: builds the [`state::AppState`] once and runs the server.
-//! - [`db`]: the one pool and the one entry point for database work, with the
-//!   wait limit, the transaction timeout and the error codes; [`schema`]: tables.
-//! - [`embedded`]: the private PostgreSQL cluster used without `DATABASE_URL`.
-//! - [`domain`]: typed values parsed at the edge and the SPEC's JSON objects;
-//!   [`store`]: the queries; [`auth`]: tokens, passwords, the caller.
-//! - [`chat`]: the one send path; [`hub`]: fan-out to sockets;
-//!   [`listener`]: the LISTEN connection that feeds the hub every instance's commits.
-//! - [`http`]: the HTTP API; [`error`]: the error every client sees.
-//! - [`ws`]: the WebSocket protocol (upgrade, sessions, frames).
-//! - [`shutdown`]: signals and the shutdown token/tracker.
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
-//! - [`ratelimit`]: failed-login throttling; [`manage`]: the operator commands.
+//! The public surface is what a binary or an embedder needs: [`cli::main`]
+//! (the `chatpool` command), [`Settings`] and [`Application`] (build, then
+//! `run_until_stopped`), and, behind the `testkit` feature that only tests
+//! and benches enable, the test kit. Everything else is private.
+//!
+//! Layout, edge to core (an arrow is "uses"; nothing points back up):
+//!
+//! - Edges: `cli` (the command line) → `manage` (operator commands);
+//!   `http` (the HTTP API, ops endpoints, `/metrics`) and `ws` (upgrade,
+//!   `ws::session`: the socket loop, `frames` (the pure per-frame rules) and
+//!   `jobs` (join replay, gap fill, access re-check), `protocol`, `close`,
+//!   `cursor`); `error`: the error every client sees.
+//! - Wiring: `startup` builds the one `state::AppState` (pool, hub,
+//!   committer, passwords, limits, shutdown) and runs the server; `shutdown`
+//!   owns the signals and the staged stop; `config`: typed settings.
+//! - The send path and fan-out: `chat` (one send path; `chat::batch`: the
+//!   group commit), `announce` (commit, then announce: `NOTIFY` inside the
+//!   transaction, local publish after it), `hub` (fan-out of committed
+//!   events to sockets; knows events, not frames), `listener` (the one
+//!   `LISTEN` connection feeding the hub every instance's commits), `events`.
+//! - Who is calling: `auth` (bearer tokens), `passwords` (Argon2id off the
+//!   async workers), `ratelimit`.
+//! - Data: `db` (the one pool; `Db::transaction` and `Db::run` are the only
+//!   ways in, with the wait limit, the time limit and the error codes; `db::migrations`),
+//!   `store` (every query, one module per table group), `schema`, `domain`
+//!   (values parsed at the edge, the SPEC's objects), `ids` (id newtypes).
+//! - `embedded`: the private PostgreSQL cluster used without `DATABASE_URL`
+//!   (discovery, runner, data directory, init, adopt, server, log tail).
+//! - `metrics` (names and the recorder), `telemetry` (logging).
 
-pub mod announce;
-pub mod auth;
-pub mod chat;
+mod announce;
+mod auth;
+mod chat;
 pub mod cli;
-pub mod config;
-pub mod db;
-pub mod domain;
-pub mod embedded;
-pub mod error;
-pub mod events;
-pub mod http;
-pub mod hub;
-pub mod ids;
-pub mod listener;
-pub mod manage;
-pub mod metrics;
-pub mod passwords;
-pub mod ratelimit;
-pub mod schema;
-pub mod shutdown;
-pub mod startup;
-pub mod state;
-pub mod store;
-pub mod telemetry;
+mod config;
+mod db;
+mod domain;
+mod embedded;
+mod error;
+mod events;
+mod http;
+mod hub;
+mod ids;
+mod listener;
+mod manage;
+mod metrics;
+mod passwords;
+mod ratelimit;
+mod schema;
+mod shutdown;
+mod startup;
+mod state;
+mod store;
+mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod ws;
+mod ws;
 
 pub use config::Settings;
 pub use startup::Application;

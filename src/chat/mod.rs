@@ -9,11 +9,9 @@ mod batch;
 
 use tokio::sync::oneshot;
 
-use crate::auth::AuthUser;
-use crate::domain::{ClientId, MessageBody, MessageView};
+use crate::domain::{AuthorView, ClientId, MessageBody, MessageView};
 use crate::error::ApiError;
 use crate::ids::RoomId;
-use crate::state::AppState;
 use crate::store::sends::NewSend;
 
 pub use batch::{Committer, CommitterLimits};
@@ -27,7 +25,7 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// Stores a message in `room_id` from `user` and announces it once committed.
+/// Stores a message in `room_id` from `author` and announces it once committed.
 ///
 /// The send joins the next batch of the group commit: the room's visibility,
 /// the `(author, client_id)` check, the next seq and the insert for the
@@ -40,8 +38,8 @@ pub struct Sent {
 /// has stopped. A failed send stored nothing and may be retried with the
 /// same `client_id`.
 pub async fn send_message(
-    state: &AppState,
-    user: &AuthUser,
+    committer: &Committer,
+    author: AuthorView,
     room_id: RoomId,
     body: MessageBody,
     client_id: Option<ClientId>,
@@ -49,10 +47,10 @@ pub async fn send_message(
     let (reply, answer) = oneshot::channel();
     let send = NewSend {
         room_id,
-        author_id: user.id,
+        author_id: author.id,
         client_id: client_id.map(|c| c.as_str().to_owned()),
         body: body.as_str().to_owned(),
     };
-    state.committer().submit(send, user.author(), reply)?;
+    committer.submit(send, author, reply)?;
     answer.await.unwrap_or(Err(ApiError::ShuttingDown))
 }

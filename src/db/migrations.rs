@@ -35,6 +35,7 @@ pub async fn run_pending(db: &Db) -> anyhow::Result<Vec<String>> {
 ///
 /// # Errors
 /// As [`run_pending`].
+#[cfg(any(test, feature = "testkit"))]
 pub async fn revert_all(db: &Db) -> anyhow::Result<Vec<String>> {
     with_lock(db.acquire().await?, |h| {
         h.revert_all_migrations(MIGRATIONS)

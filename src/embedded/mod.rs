@@ -42,7 +42,7 @@ mod server;
 mod tests;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub use error::EmbeddedError;
@@ -155,7 +155,8 @@ impl EmbeddedPostgres {
 
     /// Path of the cluster directory (`<data_dir>/postgres`), which is also the
     /// directory of the server's Unix socket.
-    pub fn pgdata(&self) -> &Path {
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn pgdata(&self) -> &std::path::Path {
         &self.pgdata
     }
 

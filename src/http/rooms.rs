@@ -306,7 +306,8 @@ pub async fn send(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = MessageBody::parse(&req.body)?;
     let client_id = req.client_id.as_deref().map(ClientId::parse).transpose()?;
-    let sent = chat::send_message(&state, &user, room_id, body, client_id).await?;
+    let sent =
+        chat::send_message(state.committer(), user.author(), room_id, body, client_id).await?;
     let status = if sent.created {
         StatusCode::CREATED
     } else {

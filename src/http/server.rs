@@ -6,7 +6,6 @@
 //! in-flight requests and WebSocket sessions finish. Only then are the
 //! listener and the remaining keep-alive connections closed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -111,11 +110,4 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!(m::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
     }
-}
-
-/// The peer address of a request, when it came through [`serve`].
-pub fn peer_addr(request_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
-    request_extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
 }

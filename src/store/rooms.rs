@@ -103,13 +103,6 @@ pub async fn all(conn: &mut AsyncPgConnection) -> Result<Vec<RoomView>, Error> {
         .map(|rows| rows.into_iter().map(Into::into).collect())
 }
 
-/// Whether the room exists.
-pub async fn exists(conn: &mut AsyncPgConnection, room_id: RoomId) -> Result<bool, Error> {
-    diesel::select(diesel::dsl::exists(rooms::table.find(room_id)))
-        .get_result(conn)
-        .await
-}
-
 /// The room's latest seq, or `None` when there is no such room.
 pub async fn last_seq(conn: &mut AsyncPgConnection, room_id: RoomId) -> Result<Option<Seq>, Error> {
     rooms::table
@@ -118,19 +111,6 @@ pub async fn last_seq(conn: &mut AsyncPgConnection, room_id: RoomId) -> Result<O
         .first(conn)
         .await
         .optional()
-}
-
-/// Whether `user_id` is a member of `room_id`.
-pub async fn is_member(
-    conn: &mut AsyncPgConnection,
-    room_id: RoomId,
-    user_id: UserId,
-) -> Result<bool, Error> {
-    diesel::select(diesel::dsl::exists(
-        room_members::table.find((room_id, user_id)),
-    ))
-    .get_result(conn)
-    .await
 }
 
 /// Adds a member; adding one twice is not an error.

@@ -19,16 +19,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
-use super::pg;
-
-/// `application_name` of the harness's own connections.
-pub(crate) const ADMIN_APP: &str = "chatpool-tests";
-/// Bound on any single harness operation against a cluster.
-pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+use super::pg::{self, ADMIN_APP, ADMIN_TIMEOUT};
 
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 

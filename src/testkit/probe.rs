@@ -152,9 +152,15 @@ impl DirectSender {
     pub async fn send(&self, room: i64, body: &str, client_id: &str) -> Result<(), String> {
         let body = MessageBody::parse(body).expect("a valid message body");
         let client_id = ClientId::parse(client_id).expect("a valid client id");
-        crate::chat::send_message(&self.state, &self.user, RoomId(room), body, Some(client_id))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.code().to_owned())
+        crate::chat::send_message(
+            self.state.committer(),
+            self.user.author(),
+            RoomId(room),
+            body,
+            Some(client_id),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code().to_owned())
     }
 }

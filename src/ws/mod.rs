@@ -60,7 +60,8 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
         Err(e) => return e.into_response(),
     };
     let Some(admission) = state.hub().admit(state.settings().max_sockets) else {
-        return server_busy();
+        return ApiError::ServerBusy("too many WebSocket sessions; retry later".into())
+            .into_response();
     };
     let (user, view) = match auth::authenticate_user(&state, &token).await {
         Ok(found) => found,
@@ -164,19 +165,4 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "missing or malformed Sec-WebSocket-Key".into(),
         )),
     }
-}
-
-/// 503 for an upgrade past `CHATPOOL_MAX_SOCKETS`.
-fn server_busy() -> Response {
-    let body = crate::error::ErrorBody {
-        error: crate::error::ErrorDetail {
-            code: "server_busy",
-            message: "too many WebSocket sessions; retry later".into(),
-        },
-    };
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(5));
-    response
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatpool::testkit::pg::{admin_count, sql_client, wait_until_no_server_connections};
+use chatpool::testkit::admin::{admin_count, wait_until_no_server_connections};
+use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::probe::DbError;
 use chatpool::testkit::{
     bounded, cluster, spawn_app, AppOptions, BinaryServer, Cluster, ClusterOptions,

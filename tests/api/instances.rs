@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chatpool::testkit::admin::{admin_count, admin_exec, create_role};
 use chatpool::testkit::api;
-use chatpool::testkit::pg::{admin_count, admin_exec, create_role, sql_client};
+use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::{
     bulk_messages, seed_room, seed_user, seed_users, stored_seqs, two_in_a_room,
 };

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chatpool::testkit::pg::{sql_client, wait_until_no_server_connections};
+use chatpool::testkit::admin::wait_until_no_server_connections;
+use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::token_and_hash;
 use chatpool::testkit::{bounded, cluster, BinaryServer, TestDatabase};
 use futures_util::{SinkExt, StreamExt};

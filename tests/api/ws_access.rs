@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use chatpool::testkit::admin::admin_exec;
 use chatpool::testkit::api::call;
-use chatpool::testkit::pg::admin_exec;
 use chatpool::testkit::seed::{seed_room, seed_user};
 use chatpool::testkit::ws::{connect, WsClient};
 use chatpool::testkit::{bounded, spawn_app, Role, TestApp};

@@ -178,8 +178,14 @@ impl Jobs {
                 let user = self.user.clone();
                 self.frame = Some(tracker.spawn(async move {
                     let key = client_id.as_str().to_owned();
-                    let result =
-                        chat::send_message(&state, &user, room_id, body, Some(client_id)).await;
+                    let result = chat::send_message(
+                        state.committer(),
+                        user.author(),
+                        room_id,
+                        body,
+                        Some(client_id),
+                    )
+                    .await;
                     Finished::Sent {
                         reference,
                         room_id,

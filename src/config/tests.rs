@@ -1,0 +1,159 @@
+//! Settings parsing: defaults, precedence, the URL's pool parameters and
+//! every refusal.
+
+use super::*;
+use std::collections::HashMap;
+
+fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::from_lookup(None, |k| map.get(k).cloned())
+}
+
+fn url_err(url: &str) -> ConfigError {
+    settings(&[("DATABASE_URL", url)]).unwrap_err()
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let s = settings(&[]).unwrap();
+    assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+    assert!(matches!(s.database.source, DatabaseSource::Embedded));
+    assert_eq!(s.database.connection_limit, 10);
+    assert_eq!(s.database.pool_max_size(), 9);
+    assert_eq!(s.database.max_wait, Duration::from_millis(2000));
+    assert_eq!(s.database.tx_timeout, Duration::from_millis(5000));
+    assert_eq!(s.database.connect_timeout, Duration::from_secs(5));
+    assert_eq!(s.shutdown_timeout, Duration::from_millis(10_000));
+    assert_eq!(s.data_dir, PathBuf::from("./data"));
+    assert_eq!(s.max_sockets, 10_000);
+    assert_eq!(s.heartbeat, Duration::from_millis(30_000));
+    assert_eq!(s.log_format, LogFormat::Pretty);
+    assert!(s.registration_open);
+}
+
+#[test]
+fn prisma_parameters_are_consumed_and_the_rest_reaches_the_driver() {
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgres://app:secret@db.internal:6543/chat?connection_limit=3&pool_timeout=7&connect_timeout=2.5&sslmode=disable&application_name=x",
+    )])
+    .unwrap();
+    let db = &s.database;
+    assert_eq!(db.connection_limit, 3);
+    assert_eq!(db.pool_max_size(), 2);
+    assert_eq!(db.max_wait, Duration::from_secs(7));
+    assert_eq!(db.connect_timeout, Duration::from_millis(2500));
+    let DatabaseSource::Url(cfg) = &db.source else {
+        panic!("expected a URL source")
+    };
+    assert_eq!(cfg.get_user(), Some("app"));
+    assert_eq!(cfg.get_dbname(), Some("chat"));
+    assert_eq!(cfg.get_ports(), &[6543]);
+    assert_eq!(
+        cfg.get_connect_timeout(),
+        Some(&Duration::from_millis(2500))
+    );
+}
+
+#[test]
+fn tx_max_wait_env_wins_over_pool_timeout() {
+    let s = settings(&[
+        ("DATABASE_URL", "postgres://u@h/d?pool_timeout=9"),
+        ("CHATPOOL_TX_MAX_WAIT_MS", "150"),
+    ])
+    .unwrap();
+    assert_eq!(s.database.max_wait, Duration::from_millis(150));
+}
+
+#[test]
+fn flag_wins_over_environment_for_listen() {
+    let s = Settings::from_lookup(Some("0.0.0.0:0"), |k| {
+        (k == "CHATPOOL_LISTEN").then(|| "127.0.0.1:9999".to_owned())
+    })
+    .unwrap();
+    assert_eq!(s.listen, "0.0.0.0:0".parse().unwrap());
+}
+
+#[test]
+fn connection_limit_must_be_a_number_of_at_least_two() {
+    for bad in ["abc", "0", "1", "-4", "2.5", ""] {
+        let e = url_err(&format!("postgres://u@h/d?connection_limit={bad}"));
+        assert_eq!(e.param, "connection_limit", "value {bad:?}");
+    }
+}
+
+#[test]
+fn timeouts_must_be_positive() {
+    for (param, bad) in [
+        ("pool_timeout", "-1"),
+        ("pool_timeout", "0"),
+        ("pool_timeout", "soon"),
+        ("connect_timeout", "-3"),
+        ("connect_timeout", "NaN"),
+    ] {
+        let e = url_err(&format!("postgres://u@h/d?{param}={bad}"));
+        assert_eq!(e.param, param, "value {bad:?}");
+    }
+    for var in [
+        "CHATPOOL_TX_MAX_WAIT_MS",
+        "CHATPOOL_TX_TIMEOUT_MS",
+        "CHATPOOL_SHUTDOWN_TIMEOUT_MS",
+        "CHATPOOL_MAX_SOCKETS",
+        "CHATPOOL_HEARTBEAT_MS",
+    ] {
+        for bad in ["-5", "0", "ten"] {
+            let e = settings(&[(var, bad)]).unwrap_err();
+            assert_eq!(e.param, var, "value {bad:?}");
+        }
+    }
+}
+
+#[test]
+fn unparsable_urls_are_refused() {
+    assert_eq!(url_err("not a url").param, "DATABASE_URL");
+    assert_eq!(url_err("mysql://u@h/d").param, "DATABASE_URL");
+    assert_eq!(url_err("postgres://u@h:notaport/d").param, "DATABASE_URL");
+}
+
+#[test]
+fn other_values_are_checked() {
+    assert_eq!(
+        settings(&[("CHATPOOL_LISTEN", "nowhere")])
+            .unwrap_err()
+            .param,
+        "CHATPOOL_LISTEN"
+    );
+    assert_eq!(
+        settings(&[("CHATPOOL_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .param,
+        "CHATPOOL_LOG_FORMAT"
+    );
+    assert_eq!(
+        settings(&[("CHATPOOL_REGISTRATION", "maybe")])
+            .unwrap_err()
+            .param,
+        "CHATPOOL_REGISTRATION"
+    );
+}
+
+#[test]
+fn error_is_one_line_naming_the_parameter() {
+    let e = url_err("postgres://u@h/d?connection_limit=abc");
+    let line = e.to_string();
+    assert!(line.starts_with("invalid configuration: connection_limit:"));
+    assert!(!line.contains('\n'));
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+    assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert!(parse_duration("ten").is_err());
+    assert!(parse_duration("5y").is_err());
+}
