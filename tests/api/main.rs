@@ -3,6 +3,7 @@
 
 mod authz;
 mod foundation;
+mod group_commit;
 mod http_accounts;
 mod http_admin;
 mod http_messages;
