@@ -45,8 +45,28 @@ where
     E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     T: Send + 'static,
 {
+    commit_and_announce_within(db, hub, None, work).await
+}
+
+/// [`commit_and_announce`] whose wait for a connection is at most `wait`
+/// (see [`Db::transaction_within`]); `None` is the usual wait limit.
+///
+/// # Errors
+/// As [`commit_and_announce`].
+pub async fn commit_and_announce_within<T, E, F>(
+    db: &Db,
+    hub: &Hub,
+    wait: Option<std::time::Duration>,
+    work: F,
+) -> Result<T, E>
+where
+    F: for<'c> FnOnce(&'c mut AsyncPgConnection, &'c mut Outbox) -> TxFn<'c, T, E> + Send + 'static,
+    E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    T: Send + 'static,
+{
+    let wait = wait.unwrap_or_else(|| db.max_wait());
     let (value, outbox) = db
-        .transaction(move |conn| {
+        .transaction_within(wait, move |conn| {
             async move {
                 let mut outbox = Outbox::default();
                 let value = work(&mut *conn, &mut outbox).await?;

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinSet};
 
 use super::Sent;
-use crate::announce::commit_and_announce;
+use crate::announce::commit_and_announce_within;
 use crate::db::{Db, DbError};
 use crate::domain::{AuthorView, MessageView};
 use crate::error::ApiError;
@@ -73,6 +73,9 @@ impl CommitterLimits {
 struct Pending {
     send: NewSend,
     author: AuthorView,
+    /// When it was queued: its whole wait, queue and pool, stays within the
+    /// wait limit.
+    queued: Instant,
     reply: oneshot::Sender<Result<Sent, ApiError>>,
 }
 
@@ -105,6 +108,7 @@ impl Committer {
             .send(Pending {
                 send,
                 author,
+                queued: Instant::now(),
                 reply,
             })
             .map_err(|_| ApiError::ShuttingDown)
@@ -187,9 +191,9 @@ async fn run(db: Db, hub: Hub, limits: CommitterLimits, mut rx: mpsc::UnboundedR
         tokio::select! {
             got = rx.recv(), if open => match got {
                 Some(p) => {
-                    schedule.push(p.send.room_id, Instant::now(), p);
+                    schedule.push(p.send.room_id, p.queued, p);
                     while let Ok(p) = rx.try_recv() {
-                        schedule.push(p.send.room_id, Instant::now(), p);
+                        schedule.push(p.send.room_id, p.queued, p);
                     }
                 }
                 None => open = false,
@@ -219,7 +223,7 @@ async fn run(db: Db, hub: Hub, limits: CommitterLimits, mut rx: mpsc::UnboundedR
             if batch.is_empty() {
                 break;
             }
-            let handle = inflight.spawn(commit(db.clone(), hub.clone(), batch));
+            let handle = inflight.spawn(commit(db.clone(), hub.clone(), limits.max_wait, batch));
             rooms_of.insert(handle.id(), rooms);
         }
     }
@@ -233,19 +237,25 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Commits one batch and answers every send in it.
-async fn commit(db: Db, hub: Hub, batch: Vec<Pending>) {
+async fn commit(db: Db, hub: Hub, max_wait: Duration, batch: Vec<Pending>) {
     metrics::histogram!(m::SEND_BATCH_SIZE).record(batch.len() as f64);
+    let oldest = batch
+        .iter()
+        .map(|p| p.queued)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let deadline = oldest + max_wait;
     let (items, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|p| ((p.send, p.author), p.reply))
         .unzip();
-    let answers = match attempt(&db, &hub, &items).await {
+    let answers = match attempt(&db, &hub, deadline, &items).await {
         Ok(answers) => answers,
         Err(e) if items.len() > 1 && is_unexpected(&e) => {
             tracing::warn!(error = %e, sends = items.len(), "batch failed; committing its sends one by one");
             let mut answers = Vec::with_capacity(items.len());
             for item in &items {
-                let one = attempt(&db, &hub, std::slice::from_ref(item)).await;
+                let one = attempt(&db, &hub, deadline, std::slice::from_ref(item)).await;
                 answers.push(match one {
                     Ok(mut a) => a.pop().expect("one answer per send"),
                     Err(e) => Err(e.into()),
@@ -264,17 +274,20 @@ async fn commit(db: Db, hub: Hub, batch: Vec<Pending>) {
 }
 
 /// One transaction for `items`, retried while it loses races with other
-/// instances.
+/// instances; waiting for a connection only until `deadline` (the oldest
+/// send's wait limit).
 async fn attempt(
     db: &Db,
     hub: &Hub,
+    deadline: Instant,
     items: &[(NewSend, AuthorView)],
 ) -> Result<Vec<Result<Sent, ApiError>>, DbError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let owned = items.to_vec();
-        let result = commit_and_announce(db, hub, move |conn, outbox| {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let result = commit_and_announce_within(db, hub, Some(wait), move |conn, outbox| {
             async move {
                 let sends: Vec<NewSend> = owned.iter().map(|(s, _)| s.clone()).collect();
                 let outcomes = store::sends::commit_batch(conn, &sends).await?;

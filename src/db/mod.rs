@@ -119,6 +119,11 @@ impl Db {
         }
     }
 
+    /// The wait limit for a connection (`CHATPOOL_TX_MAX_WAIT_MS`).
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
     /// The pool, for status and shutdown. Queries go through [`Db::transaction`].
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -175,7 +180,26 @@ impl Db {
         E: From<DbError> + From<DieselError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.acquire().await?;
+        self.transaction_within(self.max_wait, work).await
+    }
+
+    /// [`Db::transaction`] with a shorter wait for the connection: for work
+    /// that already waited elsewhere (a send queued for group commit), so its
+    /// whole wait stays within the wait limit. A zero `wait` is `db_busy`.
+    ///
+    /// # Errors
+    /// As [`Db::transaction`].
+    pub async fn transaction_within<T, E, F>(&self, wait: Duration, work: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send + 'static,
+        E: From<DbError> + From<DieselError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if wait.is_zero() {
+            metrics::counter!(m::DB_POOL_TIMEOUTS_TOTAL).increment(1);
+            return Err(DbError::Busy.into());
+        }
+        let conn = self.acquire_within(wait.min(self.max_wait)).await?;
         let tx_timeout = self.tx_timeout;
         let task = tokio::spawn(run_transaction(conn, tx_timeout, work));
         match task.await {

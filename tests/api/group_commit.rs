@@ -110,7 +110,10 @@ async fn a_refused_send_fails_alone_and_the_sends_beside_it_commit() {
             assert_eq!(refused, Err("not_found".to_owned()));
             assert_eq!(again, Ok(()));
         }
-        assert_eq!(stored_seqs(&app, visible).await, (1..=16).collect::<Vec<_>>());
+        assert_eq!(
+            stored_seqs(&app, visible).await,
+            (1..=16).collect::<Vec<_>>()
+        );
         assert!(stored_seqs(&app, hidden).await.is_empty());
     })
     .await;
