@@ -11,6 +11,8 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock diesel.toml ./
 COPY migrations ./migrations
 COPY src ./src
+# Cargo.toml declares the load bench by path: the manifest must find it.
+COPY benches ./benches
 RUN cargo build --release --locked
 
 # ---- run -----------------------------------------------------------------
