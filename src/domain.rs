@@ -303,6 +303,26 @@ pub struct MessageView {
 }
 
 #[cfg(test)]
+impl MessageView {
+    /// A message for unit tests: id = seq, author 9 "ann", now.
+    pub(crate) fn sample(room_id: i64, seq: i64, body: &str) -> Self {
+        MessageView {
+            id: MessageId(seq),
+            room_id: RoomId(room_id),
+            seq: Seq(seq),
+            author: AuthorView {
+                id: UserId(9),
+                username: "ann".into(),
+                display_name: "Ann".into(),
+            },
+            body: body.into(),
+            client_id: None,
+            created_at: Utc::now(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -4,23 +4,9 @@
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::*;
-use crate::domain::AuthorView;
-use crate::ids::MessageId;
 
 fn message(room_id: i64, seq: i64) -> MessageView {
-    MessageView {
-        id: MessageId(seq),
-        room_id: RoomId(room_id),
-        seq: Seq(seq),
-        author: AuthorView {
-            id: UserId(1),
-            username: "ann".into(),
-            display_name: "Ann".into(),
-        },
-        body: "hi".into(),
-        client_id: None,
-        created_at: chrono::Utc::now(),
-    }
+    MessageView::sample(room_id, seq, "hi")
 }
 
 #[test]

@@ -224,7 +224,7 @@ impl Jobs {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Finished> {
         if let Some(Poll::Ready(done)) = self.recheck.as_mut().map(|t| Pin::new(t).poll(cx)) {
             self.recheck = None;
-            return Poll::Ready(Finished::Rechecked(rechecked(done)));
+            return Poll::Ready(Finished::Rechecked(answer(done, "access re-check")));
         }
         if let Some(Poll::Ready(done)) = self.frame.as_mut().map(|t| Pin::new(t).poll(cx)) {
             self.frame = None;
@@ -234,38 +234,24 @@ impl Jobs {
             let (asked, _) = self.fill.take().expect("polled only when set");
             return Poll::Ready(Finished::Filled {
                 asked,
-                filled: filled(done),
+                filled: answer(done, "gap fill"),
             });
         }
         Poll::Pending
     }
 }
 
-/// A fill's outcome, with a failure logged.
-fn filled(done: Result<Result<Filled, ApiError>, JoinError>) -> Option<Filled> {
+/// A background read's answer, or `None` (logged) when it failed; the
+/// session retries later either way. `what` names the job in the log.
+fn answer<T>(done: Result<Result<T, ApiError>, JoinError>, what: &str) -> Option<T> {
     match done {
-        Ok(Ok(rooms)) => Some(rooms),
+        Ok(Ok(value)) => Some(value),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not fill a gap in delivery; will retry");
+            tracing::warn!(error = %e, job = what, "background read failed; will retry");
             None
         }
         Err(e) => {
-            tracing::error!(error = %e, "gap fill task failed; will retry");
-            None
-        }
-    }
-}
-
-/// A re-check's outcome, with a failure logged.
-fn rechecked(done: Result<Result<RoomEpochs, ApiError>, JoinError>) -> Option<RoomEpochs> {
-    match done {
-        Ok(Ok(lost)) => Some(lost),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not re-check joined rooms; will retry");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "access re-check task failed; will retry");
+            tracing::error!(error = %e, job = what, "background task failed; will retry");
             None
         }
     }

@@ -4,9 +4,9 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::domain::{AuthorView, MessageView, Role};
+use crate::domain::{MessageView, Role};
 use crate::hub::Hub;
-use crate::ids::{MessageId, RoomId, Seq, TokenId, UserId};
+use crate::ids::{RoomId, Seq, TokenId, UserId};
 
 fn user(id: i64) -> Arc<AuthUser> {
     Arc::new(AuthUser {
@@ -37,19 +37,7 @@ fn text(c: &mut Conversation, frame: Value, now: Instant) -> Option<Job> {
 }
 
 fn message(room_id: i64, seq: i64) -> MessageView {
-    MessageView {
-        id: MessageId(seq),
-        room_id: RoomId(room_id),
-        seq: Seq(seq),
-        author: AuthorView {
-            id: UserId(9),
-            username: "ann".into(),
-            display_name: "Ann".into(),
-        },
-        body: format!("m{seq}"),
-        client_id: None,
-        created_at: chrono::Utc::now(),
-    }
+    MessageView::sample(room_id, seq, &format!("m{seq}"))
 }
 
 fn seqs(frames: &[Value]) -> Vec<i64> {
