@@ -263,28 +263,16 @@ pub async fn history(
     let cursor = q.cursor()?;
     let limit = limit_in(q.limit, HISTORY_LIMIT)?;
     let caller = user.id;
-    let page = state
+    let (messages, has_more, last_seq) = state
         .db()
-        .transaction(move |conn| {
-            async move {
-                if !store::rooms::visible_to(conn, room_id, caller).await? {
-                    return Err(no_room());
-                }
-                let (messages, has_more) =
-                    store::messages::page(conn, room_id, cursor, limit).await?;
-                // Read after the page, so last_seq is never below a seq in it.
-                let room = store::rooms::get(conn, room_id)
-                    .await?
-                    .ok_or_else(no_room)?;
-                Ok(HistoryResponse {
-                    messages,
-                    has_more,
-                    last_seq: room.last_seq,
-                })
-            }
-            .boxed()
-        })
-        .await?;
+        .run(move |c| store::messages::visible_page(c, room_id, caller, cursor, limit).boxed())
+        .await?
+        .ok_or_else(no_room)?;
+    let page = HistoryResponse {
+        messages,
+        has_more,
+        last_seq,
+    };
     Ok(Json(page))
 }
 

@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::domain::{AuthorView, MessageView};
+use crate::domain::{AuthorView, MessageView, Role};
 use crate::ids::{MessageId, RoomId, Seq, UserId};
 use crate::schema::messages;
 
@@ -52,6 +52,16 @@ impl From<MessageRow> for MessageView {
     }
 }
 
+/// The seq filter (on `$3`), the order and the bound of a page.
+fn page_bounds(cursor: Cursor) -> (&'static str, &'static str, Seq) {
+    // Every seq is at least 1, so "latest" is "newest above 0".
+    match cursor {
+        Cursor::Latest => ("AND m.seq > $3", "DESC", Seq(0)),
+        Cursor::After(n) => ("AND m.seq > $3", "ASC", n),
+        Cursor::Before(n) => ("AND m.seq < $3", "DESC", n),
+    }
+}
+
 const MESSAGE_SELECT: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, \
      u.display_name, m.body, m.client_id, m.created_at \
      FROM messages m JOIN users u ON u.id = m.author_id";
@@ -75,12 +85,7 @@ pub async fn page(
     cursor: Cursor,
     limit: i64,
 ) -> Result<(Vec<MessageView>, bool), Error> {
-    // Every seq is at least 1, so "latest" is "newest above 0".
-    let (filter, order, bound) = match cursor {
-        Cursor::Latest => ("AND m.seq > $3", "DESC", Seq(0)),
-        Cursor::After(n) => ("AND m.seq > $3", "ASC", n),
-        Cursor::Before(n) => ("AND m.seq < $3", "DESC", n),
-    };
+    let (filter, order, bound) = page_bounds(cursor);
     let mut rows: Vec<MessageRow> = diesel::sql_query(format!(
         "{MESSAGE_SELECT} WHERE m.room_id = $1 {filter} \
          ORDER BY m.seq {order} LIMIT $2"
@@ -96,6 +101,88 @@ pub async fn page(
         rows.reverse();
     }
     Ok((rows.into_iter().map(Into::into).collect(), has_more))
+}
+
+/// A row of [`visible_page`]: the room's `last_seq`, and one message of the
+/// page or, for an empty page, none.
+#[derive(QueryableByName)]
+struct PageRow {
+    #[diesel(sql_type = BigInt)]
+    room_last_seq: Seq,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    id: Option<MessageId>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<Seq>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    author_id: Option<UserId>,
+    #[diesel(sql_type = Nullable<Text>)]
+    username: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    display_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    body: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    client_id: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// A history page as `user` may read it, in one statement: `None` when the
+/// room does not exist or `user` may not see it; else the page (ascending),
+/// whether more exist beyond it, and the room's `last_seq` read in the same
+/// snapshot (so never below a seq of the page).
+pub async fn visible_page(
+    conn: &mut AsyncPgConnection,
+    room_id: RoomId,
+    user_id: UserId,
+    cursor: Cursor,
+    limit: i64,
+) -> Result<Option<(Vec<MessageView>, bool, Seq)>, Error> {
+    let (filter, order, bound) = page_bounds(cursor);
+    let rows: Vec<PageRow> = diesel::sql_query(format!(
+        "SELECT r.last_seq AS room_last_seq, p.id, p.seq, p.author_id, p.username, \
+                p.display_name, p.body, p.client_id, p.created_at \
+         FROM rooms r LEFT JOIN LATERAL ( \
+             {MESSAGE_SELECT} WHERE m.room_id = r.id {filter} ORDER BY m.seq {order} LIMIT $2 \
+         ) p ON true \
+         WHERE r.id = $1 AND {visible} \
+         ORDER BY p.seq {order}",
+        visible = super::rooms::visible_sql("r.id", "$4", "$5"),
+    ))
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(limit + 1)
+    .bind::<BigInt, _>(bound)
+    .bind::<BigInt, _>(user_id)
+    .bind::<Array<Text>, _>(Role::seeing_every_room())
+    .load(conn)
+    .await?;
+    let Some(last_seq) = rows.as_slice().first().map(|r| r.room_last_seq) else {
+        return Ok(None);
+    };
+    let mut messages: Vec<MessageView> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(MessageView {
+                id: r.id?,
+                room_id,
+                seq: r.seq?,
+                author: AuthorView {
+                    id: r.author_id?,
+                    username: r.username?,
+                    display_name: r.display_name?,
+                },
+                body: r.body?,
+                client_id: r.client_id,
+                created_at: r.created_at?,
+            })
+        })
+        .collect();
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    if order == "DESC" {
+        messages.reverse();
+    }
+    Ok(Some((messages, has_more, last_seq)))
 }
 
 /// Up to `limit` messages with seq above `after_seq`, ascending (join replay).

@@ -150,6 +150,16 @@ pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
 /// Whether `user_id` may see `room_id`: the room exists and the user is a
 /// member, or (by their role as stored right now) an agent or admin. Reading
 /// the role here makes a role change apply at once, to open sockets too.
+/// The SQL condition "user `user` may see room `room`": a role in `roles`
+/// (bound to [`Role::seeing_every_room`]) or a membership. The one SQL form of
+/// the rule, for every query that checks visibility.
+pub fn visible_sql(room: &str, user: &str, roles: &str) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM users vu WHERE vu.id = {user} AND vu.role = ANY({roles})) \
+         OR EXISTS (SELECT 1 FROM room_members vm WHERE vm.room_id = {room} AND vm.user_id = {user}))"
+    )
+}
+
 pub async fn visible_to(
     conn: &mut AsyncPgConnection,
     room_id: RoomId,
@@ -160,12 +170,10 @@ pub async fn visible_to(
         #[diesel(sql_type = diesel::sql_types::Bool)]
         visible: bool,
     }
-    let row: Visible = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM rooms r WHERE r.id = $1 AND ( \
-           EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND u.role = ANY($3)) \
-           OR EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2) \
-         )) AS visible",
-    )
+    let row: Visible = diesel::sql_query(format!(
+        "SELECT EXISTS (SELECT 1 FROM rooms r WHERE r.id = $1 AND {}) AS visible",
+        visible_sql("r.id", "$2", "$3")
+    ))
     .bind::<BigInt, _>(room_id)
     .bind::<BigInt, _>(user_id)
     .bind::<Array<Text>, _>(Role::seeing_every_room())

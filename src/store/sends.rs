@@ -79,16 +79,25 @@ struct Row {
     created_at: Option<DateTime<Utc>>,
 }
 
+/// The batch statement, with the visibility rule of
+/// [`super::rooms::visible_sql`] filled in.
+fn batch_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        BATCH_SQL.replace(
+            "{VISIBLE}",
+            &super::rooms::visible_sql("i.room_id", "i.author_id", "$6"),
+        )
+    })
+}
+
 const BATCH_SQL: &str = "\
 WITH input AS (
     SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
         AS i(ord, room_id, author_id, client_id, body)
 ), checked AS (
     SELECT i.*,
-        EXISTS (SELECT 1 FROM rooms r WHERE r.id = i.room_id AND (
-            EXISTS (SELECT 1 FROM users u WHERE u.id = i.author_id AND u.role = ANY($6))
-            OR EXISTS (SELECT 1 FROM room_members rm
-                       WHERE rm.room_id = i.room_id AND rm.user_id = i.author_id))) AS visible,
+        EXISTS (SELECT 1 FROM rooms r WHERE r.id = i.room_id AND {VISIBLE}) AS visible,
         (SELECT m.id FROM messages m
          WHERE m.author_id = i.author_id AND m.client_id = i.client_id) AS existing_id
     FROM input i
@@ -155,7 +164,7 @@ pub async fn commit_batch(
     let authors: Vec<UserId> = sends.iter().map(|s| s.author_id).collect();
     let client_ids: Vec<Option<&str>> = sends.iter().map(|s| s.client_id.as_deref()).collect();
     let bodies: Vec<&str> = sends.iter().map(|s| s.body.as_str()).collect();
-    let rows: Vec<Row> = diesel::sql_query(BATCH_SQL)
+    let rows: Vec<Row> = diesel::sql_query(batch_sql())
         .bind::<Array<Integer>, _>(&ords)
         .bind::<Array<BigInt>, _>(&rooms)
         .bind::<Array<BigInt>, _>(&authors)
