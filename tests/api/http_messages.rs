@@ -293,3 +293,32 @@ async fn malformed_requests_get_spec_errors_never_500() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_of_an_empty_room_is_an_empty_page_and_of_an_invisible_one_404() {
+    bounded(async {
+        let app = spawn_app().await;
+        let alice = register(&app, "alice").await;
+        let bob = register(&app, "bob").await;
+        let agent = user_with_role(&app, "agent1", Role::Agent).await;
+        let room = id_of(&create_room(&app, &alice.token, "quiet", &[]).await);
+
+        let page = history(&app, &alice.token, room, "").await.expect(200);
+        assert_eq!(
+            page,
+            json!({"messages": [], "has_more": false, "last_seq": 0})
+        );
+        // Agents see every room without being members; others get 404.
+        let page = history(&app, &agent.token, room, "?after_seq=0")
+            .await
+            .expect(200);
+        assert_eq!(page["last_seq"], 0);
+        history(&app, &bob.token, room, "")
+            .await
+            .expect_error(404, "not_found");
+        history(&app, &alice.token, room + 1000, "")
+            .await
+            .expect_error(404, "not_found");
+    })
+    .await;
+}
