@@ -1,8 +1,9 @@
 //! Who is calling: bearer tokens and the [`AuthUser`] they resolve to.
 //!
 //! Tokens are 256 random bits shown to the client once and stored only as a
-//! SHA-256 hash. Every request looks its token up (one indexed query), so a
-//! logout or a role change applies at once. Password hashing lives in
+//! SHA-256 hash. A request's token is resolved from the in-process cache
+//! ([`crate::tokens`]) while the listener keeps it right, else with one
+//! indexed query; either way a logout or a role change applies at once. Password hashing lives in
 //! [`crate::passwords`]; the HTTP extractor in `http::extract`.
 
 use axum::http::header::AUTHORIZATION;
@@ -33,6 +34,17 @@ pub struct AuthUser {
 }
 
 impl AuthUser {
+    /// The caller `user`, authenticated by `token_id`.
+    pub fn of(user: &UserView, token_id: TokenId) -> Self {
+        AuthUser {
+            id: user.id,
+            username: user.username.clone(),
+            display_name: user.display_name.clone(),
+            role: user.role,
+            token_id,
+        }
+    }
+
     /// The author object of messages this user sends.
     pub fn author(&self) -> AuthorView {
         AuthorView {
@@ -89,6 +101,11 @@ pub async fn authenticate_user(
         return Err(ApiError::Unauthorized);
     }
     let hash = hash_token(token);
+    let cache = state.hub().tokens();
+    if let Some((token_id, view)) = cache.get(&hash) {
+        return Ok((AuthUser::of(&view, token_id), view));
+    }
+    let seen = cache.generation();
     let found = state
         .db()
         .run(move |c| async move { store::tokens::lookup(c, &hash).await }.boxed())
@@ -96,14 +113,8 @@ pub async fn authenticate_user(
     match found {
         Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
             let view = user.view();
-            let caller = AuthUser {
-                id: user.id,
-                role: user.role,
-                username: user.username,
-                display_name: user.display_name,
-                token_id,
-            };
-            Ok((caller, view))
+            cache.insert(hash, token_id, view.clone(), seen);
+            Ok((AuthUser::of(&view, token_id), view))
         }
         _ => Err(ApiError::Unauthorized),
     }

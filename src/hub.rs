@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::MessageView;
 use crate::ids::{RoomId, Seq, TokenId, UserId};
 use crate::metrics as m;
+use crate::tokens::TokenCache;
 
 /// Deliveries a session's queue holds before it counts as a slow consumer.
 pub const QUEUE_CAPACITY: usize = 256;
@@ -96,6 +97,9 @@ pub struct HubStats {
 
 #[derive(Default)]
 struct Inner {
+    /// Who each bearer token belongs to; revocations and access changes
+    /// reach it with the sockets.
+    token_cache: TokenCache,
     rooms: RwLock<HashMap<RoomId, HashMap<u64, Arc<Link>>>>,
     /// Per subscribed room, the highest seq this process has published or a
     /// join has read: where the listener's catch-up starts after a reconnect.
@@ -184,6 +188,7 @@ impl Hub {
 
     /// Closes every socket authenticated by `token_id` ([`CloseReason::Revoked`]).
     pub fn revoke_token(&self, token_id: TokenId) {
+        self.inner.token_cache.revoke(token_id);
         {
             let mut revoked = self.inner.revoked.lock().expect("hub lock");
             let now = Instant::now();
@@ -212,6 +217,7 @@ impl Hub {
     /// Wakes every session of `user_id` to re-check the rooms it joined (its
     /// role changed or it left a room). Never blocks, never reads the database.
     pub fn access_changed(&self, user_id: UserId) {
+        self.inner.token_cache.user_changed(user_id);
         let users = self.inner.users.lock().expect("hub lock");
         if let Some(links) = users.get(&user_id) {
             for link in links.values() {
@@ -334,6 +340,11 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .remove(&room_id);
+    }
+
+    /// The bearer-token cache, kept right by the events the hub hears.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.inner.token_cache
     }
 
     /// Counters for tests and stats.

@@ -57,6 +57,7 @@ mod store;
 mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tokens;
 mod ws;
 
 pub use config::Settings;

@@ -101,6 +101,8 @@ async fn run(
         // Access changes announced meanwhile are lost: every session re-checks
         // its joined rooms (those with none read nothing).
         hub.access_changed_for_all();
+        // From here on every revocation and role change reaches the hub.
+        hub.tokens().set_enabled(true);
 
         let mut notifications = std::pin::pin!(conn.notifications_stream());
         loop {
@@ -124,6 +126,7 @@ async fn run(
             }
         }
         metrics::gauge!(m::LISTENER_UP).set(0.0);
+        hub.tokens().set_enabled(false);
         at_loss = hub.room_cursors().into_iter().collect();
     }
 }

@@ -66,12 +66,12 @@ pub async fn patch_user(
     Json(body): Json<PatchUserRequest>,
 ) -> Result<Json<UserView>, ApiError> {
     let role = Role::parse(&body.role)?;
-    // A member may lose rooms; an agent or admin sees them all anyway.
-    let may_shrink = !role.sees_every_room();
     let updated = commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
             let updated = store::users::set_role(conn, id, role).await?;
-            if updated.is_some() && may_shrink {
+            // Always: cached tokens of the user must see the new role; sockets
+            // re-check their rooms (only a demotion can take any away).
+            if updated.is_some() {
                 outbox.announce(Event::AccessChanged { user_id: id });
             }
             Ok::<_, ApiError>(updated)

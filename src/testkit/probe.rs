@@ -103,6 +103,11 @@ impl TestApp {
         migrations::revert_all(self.state.db()).await
     }
 
+    /// Bearer tokens this instance resolves from its cache right now.
+    pub fn cached_tokens(&self) -> usize {
+        self.state.hub().tokens().len()
+    }
+
     /// WebSocket sessions the hub holds right now: to see a closed or dropped
     /// socket leave the server.
     pub fn ws_sessions(&self) -> usize {

@@ -382,3 +382,62 @@ async fn a_logout_made_while_an_instance_is_not_listening_closes_its_sockets_onc
     })
     .await;
 }
+
+/// Asks `GET /api/me` on `app` until the token is served from its cache
+/// (the listener is up and caught up), within 10 s.
+async fn until_cached(app: &TestApp, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        api::get(app, "/api/me", token).await.expect(200);
+        if app.cached_tokens() > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the token was never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_token_cache_on_a_logout_and_a_role_change_apply_at_once_on_both_instances() {
+    bounded(async {
+        let (a, b, _, _) = two_instances(5).await;
+        let admin = api::user_with_role(&a, "admin1", Role::Admin).await;
+        let alice = api::register(&a, "alice").await;
+        let other = api::login(&b, "alice", api::PASSWORD).await.expect(200);
+        let other = other["token"].as_str().unwrap().to_owned();
+        until_cached(&a, &alice.token).await;
+        until_cached(&b, &alice.token).await;
+        until_cached(&b, &other).await;
+
+        // A promotion on A: B's cached answer for both tokens is dropped.
+        let path = format!("/api/admin/users/{}", alice.id());
+        api::call(
+            &a,
+            reqwest::Method::PATCH,
+            &path,
+            Some(&admin.token),
+            Some(json!({"role": "agent"})),
+        )
+        .await
+        .expect(200);
+        let me = api::get(&b, "/api/me", &alice.token).await.expect(200);
+        assert_eq!(me["role"], "agent");
+        let me = api::get(&b, "/api/me", &other).await.expect(200);
+        assert_eq!(me["role"], "agent");
+
+        // A logout on A: the token stops working on A and on B at once; the
+        // user's other token keeps working.
+        until_cached(&b, &alice.token).await;
+        api::post(&a, "/api/auth/logout", &alice.token, json!({}))
+            .await
+            .expect_text(204);
+        api::get(&b, "/api/me", &alice.token)
+            .await
+            .expect_error(401, "unauthorized");
+        api::get(&a, "/api/me", &alice.token)
+            .await
+            .expect_error(401, "unauthorized");
+        api::get(&b, "/api/me", &other).await.expect(200);
+    })
+    .await;
+}
