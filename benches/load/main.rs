@@ -26,6 +26,11 @@
 //! this binary only measures. All traffic goes to 127.0.0.1 and to
 //! PostgreSQL's Unix socket; every loop is bounded in count and time.
 
+/// The server's allocator, as in the `chatpool` binary (the server runs in
+/// this process), so memory figures are the production ones.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod history;
 mod idle;
 mod measure;
