@@ -19,6 +19,19 @@
 //! - `history`: `GET /api/rooms/{id}/messages?limit=50` latest page and
 //!   `before_seq` paging on a room of `BENCH_HISTORY_MESSAGES` (100000)
 //!   messages with `BENCH_READERS` (50) concurrent readers, plus `EXPLAIN`.
+//! - `fanout`: one room with `BENCH_FANOUT_SOCKETS` (1000) joined sockets,
+//!   one sender at `BENCH_FANOUT_RATE` (100) messages/s for
+//!   `BENCH_FANOUT_SECS` (10) s: commit → delivery latency, deliveries/s.
+//!
+//! `send` also runs pgbench with the one-message send transaction on the same
+//! database (`BENCH_PGBENCH_SECS`, 10) for the ceiling; PostgreSQL runs with
+//! `pg_stat_statements`, so statements per ack and per request are counted.
+//! chatpool has no abuse limits yet; when it does, the bench turns them off
+//! (`0`), as any load test of a trusted client would.
+//!
+//! Run by `cargo test` (no `--bench` argument), the binary is a smoke test:
+//! every scenario at a tiny size, no timing asserted, failing only when a
+//! scenario cannot run.
 //!
 //! Each scenario runs on a fresh database of the one cluster and prints a
 //! markdown block (what `docs/benchmarks.md` quotes). The cluster, the server,
@@ -31,6 +44,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod fanout;
 mod history;
 mod idle;
 mod measure;
@@ -64,11 +78,13 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; positional words pick scenarios.
-    let picked: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let all = ["send", "send-pressure", "idle", "history"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = !args.iter().any(|a| a == "--bench");
+    if smoke {
+        smoke_sizes();
+    }
+    let picked: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    let all = ["send", "send-pressure", "idle", "history", "fanout"];
     for p in &picked {
         assert!(
             all.contains(&p.as_str()),
@@ -82,10 +98,37 @@ fn main() {
         .collect();
     let report = rt.block_on(run_all(&run));
     println!("{report}");
+    if smoke && report.contains("- failure:") {
+        eprintln!("smoke run: a scenario reported failures");
+        std::process::exit(1);
+    }
     if let Ok(path) = std::env::var("BENCH_REPORT") {
         std::fs::write(&path, &report).expect("write BENCH_REPORT");
         eprintln!("report written to {path}");
     }
+}
+
+/// Sizes for the smoke run under `cargo test`, unless set explicitly.
+fn smoke_sizes() {
+    for (name, value) in [
+        ("BENCH_SOCKETS", "20"),
+        ("BENCH_ROOMS", "4"),
+        ("BENCH_MESSAGES", "5"),
+        ("BENCH_IDLE", "20,40"),
+        ("BENCH_HISTORY_MESSAGES", "2000"),
+        ("BENCH_READERS", "4"),
+        ("BENCH_PAGES", "3"),
+        ("BENCH_FANOUT_SOCKETS", "20"),
+        ("BENCH_FANOUT_RATE", "20"),
+        ("BENCH_FANOUT_SECS", "1"),
+        ("BENCH_PGBENCH_SECS", "1"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // Single-threaded still: nothing else reads the environment yet.
+            std::env::set_var(name, value);
+        }
+    }
+    eprintln!("smoke run (no --bench): tiny sizes, nothing timed is asserted");
 }
 
 /// Starts PostgreSQL, runs the scenarios, stops PostgreSQL; returns the markdown.
@@ -102,7 +145,25 @@ async fn run_all(scenarios: &[&str]) -> String {
             .expect("start task"),
     );
     let admin_url = cluster.url(Cluster::DEFAULT_DATABASE);
+    // pg_stat_statements counts every statement chatpool runs (a restart
+    // loads it).
     let admin = sql_client(&admin_url, BENCH_APP).await;
+    admin
+        .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .await
+        .expect("preload pg_stat_statements");
+    drop(admin);
+    let restarting = cluster.clone();
+    tokio::task::spawn_blocking(move || restarting.start_again())
+        .await
+        .expect("restart task");
+    let admin = sql_client(&admin_url, BENCH_APP).await;
+    if let Err(e) = admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+    {
+        eprintln!("warning: no pg_stat_statements, statement counts are n/a: {e}");
+    }
     let version: String = admin
         .query_one("SHOW server_version", &[])
         .await
@@ -133,6 +194,7 @@ async fn run_all(scenarios: &[&str]) -> String {
             "send-pressure" => send::scenario_send(&bench, &send, 3).await,
             "idle" => idle::scenario_idle(&bench).await,
             "history" => history::scenario_history(&bench).await,
+            "fanout" => fanout::scenario_fanout(&bench).await,
             _ => unreachable!(),
         };
         let _ = writeln!(

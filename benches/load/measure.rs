@@ -141,6 +141,12 @@ impl Cpu {
         }
     }
 
+    /// CPU seconds since `self`: `(this process, every postgres process)`.
+    pub fn spent(self) -> (f64, f64) {
+        let end = Cpu::now();
+        (end.this - self.this, end.postgres - self.postgres)
+    }
+
     /// `"bench process X% + postgres Y% of 2 cores"` since `self`.
     pub fn since(self) -> String {
         let end = Cpu::now();
@@ -238,4 +244,77 @@ pub fn rustc_version() -> String {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "rustc unknown".into(), |s| s.trim().to_owned())
+}
+
+/// Statements PostgreSQL ran for `database` (`pg_stat_statements`, utility
+/// statements such as `BEGIN` included) since the last [`reset_statements`];
+/// `None` when the extension is not loaded.
+pub async fn statements(admin: &tokio_postgres::Client, database: &str) -> Option<f64> {
+    admin
+        .query_one(
+            "SELECT coalesce(sum(s.calls), 0)::float8 FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+            &[&database],
+        )
+        .await
+        .ok()
+        .map(|row| row.get(0))
+}
+
+/// Zeroes `pg_stat_statements` (every database).
+pub async fn reset_statements(admin: &tokio_postgres::Client) {
+    let _ = admin
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await;
+}
+
+/// `a / b`, or "n/a" when either is missing or `b` is 0.
+pub fn per(a: Option<f64>, b: f64) -> String {
+    match a {
+        Some(a) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// Runs `pgbench` (from PATH or next to the PostgreSQL binaries) with
+/// `script` against `url` for `secs` with `clients` connections; its TPS,
+/// or `None` when pgbench is missing or failed (the reason on stderr).
+pub fn pgbench(url: &str, clients: usize, secs: u64, script: &str) -> Option<f64> {
+    let program = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("bin")),
+        )
+        .map(|dir| dir.join("pgbench"))
+        .find(|p| p.is_file())?;
+    let file = std::env::temp_dir().join(format!("chatpool-pgbench-{}.sql", std::process::id()));
+    std::fs::write(&file, script).ok()?;
+    let output = std::process::Command::new(program)
+        .args(["-n", "-j", "2", "-M", "prepared"])
+        .arg(format!("-c{clients}"))
+        .arg(format!("-T{secs}"))
+        .arg("-f")
+        .arg(&file)
+        .arg(url)
+        .output();
+    let _ = std::fs::remove_file(&file);
+    let output = output.ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    if tps.is_none() {
+        eprintln!(
+            "pgbench gave no tps: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    tps
 }

@@ -13,7 +13,9 @@ use chatpool::testkit::Role;
 use serde_json::json;
 use tokio::sync::{Barrier, Semaphore};
 
-use crate::measure::{env_num, rate, sample_connections, Cpu, Percentiles};
+use crate::measure::{
+    env_num, per, pgbench, rate, reset_statements, sample_connections, statements, Cpu, Percentiles,
+};
 use crate::{shut_down, Bench, PHASE_LIMIT};
 
 /// Sizes of the send scenarios.
@@ -155,6 +157,8 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
     let wait_sum0 = server.metric("chatpool_db_pool_wait_seconds_sum").await;
     let wait_cnt0 = server.metric("chatpool_db_pool_wait_seconds_count").await;
     let busy0 = server.metric("chatpool_db_pool_timeouts_total").await;
+    let db = server.db.clone();
+    reset_statements(bench.admin).await;
 
     let stop_sampler = Arc::new(AtomicBool::new(false));
     let sampler = sample_connections(bench.admin_url, stop_sampler.clone());
@@ -197,7 +201,9 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
             Err(_) => failures.push("task over its time bound".into()),
         }
     }
+    let (cpu_this, cpu_pg) = cpu.spent();
     let cpu = cpu.since();
+    let statements = statements(bench.admin, &db.name).await;
     stop_sampler.store(true, Ordering::Relaxed);
     let sampled = sampler.await.expect("sampler");
     let wait_sum = server.metric("chatpool_db_pool_wait_seconds_sum").await - wait_sum0;
@@ -205,6 +211,16 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
     let busy = server.metric("chatpool_db_pool_timeouts_total").await - busy0;
     let pool_max = server.pool_status().max_size;
     shut_down(server).await;
+    // The ceiling: the one-message send transaction chatpool ran before group
+    // commit, straight from pgbench, on the same database and rooms, with as
+    // many connections as the pool had.
+    let secs = env_num("BENCH_PGBENCH_SECS", 10) as u64;
+    let script = pgbench_script(p.rooms);
+    let url = db.url.clone();
+    let ceiling = tokio::task::spawn_blocking(move || pgbench(&url, pool_max, secs, &script))
+        .await
+        .expect("pgbench task");
+    drop(db);
 
     let acked = all.latencies.len();
     let send_secs = all.last_ack.map_or(0.0, |t| (t - start).as_secs_f64());
@@ -233,6 +249,10 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
          | max `application_name=chatpool` connections ({} samples of `pg_stat_activity`) | {} (limit {connection_limit}, pool max_size {pool_max}) |\n\
          | mean pooled connections in a transaction / of them waiting on a lock (the room row) | {:.1} / {:.1} |\n\
          | CPU during the send phase | {cpu} |\n\
+         | CPU per ack: chatpool + bench clients / PostgreSQL | {:.3} ms / {:.3} ms |\n\
+         | statements per ack (`pg_stat_statements`, `BEGIN`/`COMMIT` included) | {} |\n\
+         | pgbench ceiling: the one-message transaction, {pool_max} connections, {secs} s | {} |\n\
+         | **acks/s ÷ pgbench ceiling** | **{}** |\n\
          | failures | {} |",
         p.sockets,
         p.rooms,
@@ -248,10 +268,38 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
         sampled.max,
         sampled.mean_in_tx,
         sampled.mean_lock_wait,
+        cpu_this * 1e3 / (acked.max(1) as f64),
+        cpu_pg * 1e3 / (acked.max(1) as f64),
+        per(statements, acked as f64),
+        ceiling.map_or("n/a".to_owned(), |t| format!("{t:.0} TPS")),
+        ceiling.map_or("n/a".to_owned(), |t| format!("{:.2}", rate(acked as f64, send_secs) / t)),
         failures.len(),
     );
     for f in failures.iter().take(5) {
         let _ = writeln!(s, "\n- failure: {f}");
     }
     s
+}
+
+/// The send transaction of a chatpool without group commit, as pgbench
+/// runs it: visibility, the `client_id` lookup, the next seq and the insert,
+/// the `NOTIFY`, in one transaction per message. Rooms `1..=rooms` are the
+/// scenario's (a fresh database numbers them from 1); the author is each
+/// room's creator, a member.
+fn pgbench_script(rooms: usize) -> String {
+    format!(
+        "\\set r random(1, {rooms})\n\
+         BEGIN;\n\
+         SET LOCAL statement_timeout = 5000;\n\
+         SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.room_id = :r AND m.user_id = r.created_by);\n\
+         SELECT id FROM messages WHERE author_id = (SELECT created_by FROM rooms WHERE id = :r) \
+             AND client_id = 'pgbench-' || :client_id || '-' || random();\n\
+         WITH bumped AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = :r \
+             RETURNING id, last_seq, created_by) \
+             INSERT INTO messages (room_id, seq, author_id, body, created_at) \
+             SELECT id, last_seq, created_by, 'pgbench message', clock_timestamp() FROM bumped;\n\
+         SELECT pg_notify('chatpool_events', '[]');\n\
+         COMMIT;\n"
+    )
 }
