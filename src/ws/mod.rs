@@ -34,11 +34,13 @@ use crate::state::AppState;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// tungstenite's defaults allocate a 128 KiB read buffer per socket (over
-/// 1 GiB at 10,000 idle sockets). A few KiB suffice for chat frames; the
-/// write buffer is bounded so a stuck peer cannot grow it.
+/// 1 GiB at 10,000 idle sockets). Every idle socket keeps its read buffer, so
+/// it is 1 KiB (a larger frame is read in several steps; 4 KiB cost 2.7 KiB
+/// more per idle socket, docs/benchmarks.md); the write buffer only fills
+/// while frames go out, and is bounded so a stuck peer cannot grow it.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(MAX_FRAME_BYTES))
