@@ -10,6 +10,7 @@ use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
+use super::CacheStatement;
 use crate::domain::MessageView;
 use crate::events::Event;
 use crate::ids::{RoomId, Seq, TokenId, UserId};
@@ -148,6 +149,7 @@ pub async fn notify(
     diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind::<Text, _>(CHANNEL)
         .bind::<Array<Text>, _>(payloads)
+        .cached()
         .execute(conn)
         .await
         .map(drop)

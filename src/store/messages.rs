@@ -8,6 +8,7 @@ use diesel::result::Error;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::CacheStatement;
 use crate::domain::{AuthorView, MessageView, Role};
 use crate::ids::{MessageId, RoomId, Seq, UserId};
 use crate::schema::messages;
@@ -93,6 +94,7 @@ pub async fn page(
     .bind::<BigInt, _>(room_id)
     .bind::<BigInt, _>(limit + 1)
     .bind::<BigInt, _>(bound)
+    .cached()
     .load(conn)
     .await?;
     let has_more = rows.len() as i64 > limit;
@@ -154,6 +156,7 @@ pub async fn visible_page(
     .bind::<BigInt, _>(bound)
     .bind::<BigInt, _>(user_id)
     .bind::<Array<Text>, _>(Role::seeing_every_room())
+    .cached()
     .load(conn)
     .await?;
     let Some(last_seq) = rows.as_slice().first().map(|r| r.room_last_seq) else {
@@ -208,6 +211,7 @@ pub async fn by_seq(
     ))
     .bind::<BigInt, _>(room_id)
     .bind::<BigInt, _>(seq)
+    .cached()
     .get_result::<MessageRow>(conn)
     .await
     .optional()

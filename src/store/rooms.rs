@@ -6,6 +6,7 @@ use diesel::result::Error;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::CacheStatement;
 use crate::domain::{Role, RoomView};
 use crate::ids::{RoomId, Seq, UserId};
 use crate::schema::{room_members, rooms};
@@ -75,6 +76,7 @@ pub async fn create(
 pub async fn get(conn: &mut AsyncPgConnection, id: RoomId) -> Result<Option<RoomView>, Error> {
     diesel::sql_query(format!("{ROOM_SELECT} WHERE r.id = $1"))
         .bind::<BigInt, _>(id)
+        .cached()
         .get_result::<RoomRow>(conn)
         .await
         .optional()
@@ -90,7 +92,7 @@ pub async fn for_member(
         "{ROOM_SELECT} WHERE r.id IN (SELECT room_id FROM room_members WHERE user_id = $1) ORDER BY r.id"
     ))
     .bind::<BigInt, _>(user_id)
-    .load::<RoomRow>(conn)
+    .cached().load::<RoomRow>(conn)
     .await
     .map(|rows| rows.into_iter().map(Into::into).collect())
 }
@@ -98,6 +100,7 @@ pub async fn for_member(
 /// Every room, by id (the CRM view).
 pub async fn all(conn: &mut AsyncPgConnection) -> Result<Vec<RoomView>, Error> {
     diesel::sql_query(format!("{ROOM_SELECT} ORDER BY r.id"))
+        .cached()
         .load::<RoomRow>(conn)
         .await
         .map(|rows| rows.into_iter().map(Into::into).collect())
@@ -177,6 +180,7 @@ pub async fn visible_to(
     .bind::<BigInt, _>(room_id)
     .bind::<BigInt, _>(user_id)
     .bind::<Array<Text>, _>(Role::seeing_every_room())
+    .cached()
     .get_result(conn)
     .await?;
     Ok(row.visible)

@@ -18,6 +18,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::CacheStatement;
 use crate::domain::Role;
 use crate::ids::{MessageId, RoomId, Seq, UserId};
 
@@ -171,6 +172,7 @@ pub async fn commit_batch(
         .bind::<Array<Nullable<Text>>, _>(&client_ids)
         .bind::<Array<Text>, _>(&bodies)
         .bind::<Array<Text>, _>(Role::seeing_every_room())
+        .cached()
         .load(conn)
         .await?;
     if rows.len() != sends.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i32) {
