@@ -148,16 +148,28 @@ async fn run_all(scenarios: &[&str]) -> String {
     // pg_stat_statements counts every statement chatpool runs (a restart
     // loads it).
     let admin = sql_client(&admin_url, BENCH_APP).await;
-    admin
-        .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    let available: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'",
+            &[],
+        )
         .await
-        .expect("preload pg_stat_statements");
-    drop(admin);
-    let restarting = cluster.clone();
-    tokio::task::spawn_blocking(move || restarting.start_again())
-        .await
-        .expect("restart task");
-    let admin = sql_client(&admin_url, BENCH_APP).await;
+        .expect("list extensions")
+        .get(0);
+    let admin = if available > 0 {
+        admin
+            .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            .await
+            .expect("preload pg_stat_statements");
+        drop(admin);
+        let restarting = cluster.clone();
+        tokio::task::spawn_blocking(move || restarting.start_again())
+            .await
+            .expect("restart task");
+        sql_client(&admin_url, BENCH_APP).await
+    } else {
+        admin
+    };
     if let Err(e) = admin
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await
