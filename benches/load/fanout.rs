@@ -50,14 +50,7 @@ pub async fn scenario_fanout(bench: &Bench<'_>) -> String {
                     .acquire_owned()
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut ws = ws::open(addr, &token).await?;
-                ws.try_send_json(&json!({"type": "join", "room_id": room}))
-                    .await?;
-                let joined = ws.try_recv_json().await?;
-                if joined["type"] != "joined" {
-                    return Err(format!("join answered {joined}"));
-                }
-                Ok(ws)
+                ws::open_joined(addr, &token, room).await
             }
             .await;
             barrier.wait().await;

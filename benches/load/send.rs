@@ -70,14 +70,7 @@ async fn sender(
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        let mut ws = ws::open(addr, &token).await?;
-        ws.try_send_json(&json!({"type": "join", "room_id": room}))
-            .await?;
-        let joined = ws.try_recv_json().await?;
-        if joined["type"] != "joined" {
-            return Err(format!("join answered {joined}"));
-        }
-        Ok(ws)
+        ws::open_joined(addr, &token, room).await
     }
     .await;
     // Everyone reaches the barrier, failed or not, so nobody waits forever.

@@ -117,6 +117,19 @@ pub async fn open(addr: SocketAddr, token: &str) -> Result<WsClient, String> {
     Err("upgrade still refused (503) after 50 attempts".into())
 }
 
+/// [`open`], then `join` `room` and wait for `joined`; errors instead of
+/// panics, for the bench's many sockets.
+pub async fn open_joined(addr: SocketAddr, token: &str, room: i64) -> Result<WsClient, String> {
+    let mut ws = open(addr, token).await?;
+    ws.try_send_json(&serde_json::json!({"type": "join", "room_id": room}))
+        .await?;
+    let joined = ws.try_recv_json().await?;
+    if joined["type"] != "joined" {
+        return Err(format!("join answered {joined}"));
+    }
+    Ok(ws)
+}
+
 /// Attempts an upgrade with `?token=`, for tests that expect a refusal.
 pub async fn try_connect(app: &TestApp, token: &str) -> Result<WsClient, Refused> {
     try_connect_request(ws_url(app, token).into_client_request().unwrap()).await
