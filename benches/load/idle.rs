@@ -1,4 +1,4 @@
-//! Scenario c: server memory per idle authenticated WebSocket. The clients
+//! Scenario c: server memory per idle joined WebSocket. The clients
 //! live in a child process (this binary re-executed), so the server's RSS is
 //! read without them.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatpool::testkit::process::rss_kib;
-use chatpool::testkit::seed::seed_users;
+use chatpool::testkit::seed::{seed_room, seed_users};
 use chatpool::testkit::ws;
 use chatpool::testkit::Role;
 use tokio::sync::Semaphore;
@@ -27,7 +27,10 @@ pub fn is_child() -> bool {
     std::env::var(CHILD_ENV).as_deref() == Ok("idle")
 }
 
-/// Scenario c: server RSS per idle authenticated WebSocket.
+/// Sockets per room in scenario c.
+const ROOM_SIZE: usize = 100;
+
+/// Scenario c: server RSS per idle joined WebSocket.
 pub async fn scenario_idle(bench: &Bench<'_>) -> String {
     let counts: Vec<usize> = std::env::var("BENCH_IDLE")
         .unwrap_or_else(|_| "2000,5000".into())
@@ -41,10 +44,16 @@ pub async fn scenario_idle(bench: &Bench<'_>) -> String {
     let max = counts.iter().copied().max().unwrap_or(0);
     let server = bench.start_server(10).await;
     let users = seed_users(&server, "idleu", max, Role::Member).await;
+    // Every socket joins its user's room: ROOM_SIZE users per room.
+    let mut lines = Vec::with_capacity(users.len());
+    for group in users.chunks(ROOM_SIZE) {
+        let members: Vec<i64> = group[1..].iter().map(|u| u.id).collect();
+        let room = seed_room(&server, group[0].id, &members).await;
+        lines.extend(group.iter().map(|u| format!("{} {room}", u.token)));
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens_path = dir.path().join("tokens");
-    let tokens: Vec<&str> = users.iter().map(|u| u.token.as_str()).collect();
-    std::fs::write(&tokens_path, tokens.join("\n")).expect("tokens file");
+    std::fs::write(&tokens_path, lines.join("\n")).expect("tokens file");
 
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
         .env(CHILD_ENV, "idle")
@@ -71,8 +80,8 @@ pub async fn scenario_idle(bench: &Bench<'_>) -> String {
     let base = rss_kib();
     let mut s = format!(
         "### c. Memory per idle WebSocket (connection_limit=10)\n\n\
-         Idle authenticated sockets (`hello` received, nothing joined) held by a separate client \
-         process; RSS is the server process's own `VmRSS` (chatpool in-process, no clients in it). \
+         Idle sockets, each joined to a room ({ROOM_SIZE} sockets per room, `joined` received), \
+         held by a separate client process; RSS is the server process's own `VmRSS` (chatpool in-process, no clients in it). \
          Baseline after start-up and seeding: {base} KiB.\n\n\
          | open sockets | server RSS | growth from baseline | per socket (from baseline) | per socket (from previous step) | client process RSS per socket | connect time |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -145,11 +154,14 @@ pub async fn idle_child() {
         .expect("BENCH_ADDR")
         .parse()
         .expect("address");
-    let tokens: Vec<String> =
+    let tokens: Vec<(String, i64)> =
         std::fs::read_to_string(std::env::var("BENCH_TOKENS").expect("BENCH_TOKENS"))
             .expect("tokens file")
             .lines()
-            .map(str::to_owned)
+            .filter_map(|line| {
+                let (token, room) = line.split_once(' ')?;
+                Some((token.to_owned(), room.parse().ok()?))
+            })
             .collect();
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -174,11 +186,12 @@ pub async fn idle_child() {
         };
         let failed = Arc::new(AtomicI64::new(0));
         let mut opening = Vec::new();
-        for token in tokens.iter().take(n).skip(held.len()) {
-            let (token, limit, failed) = (token.clone(), limit.clone(), failed.clone());
+        for (token, room) in tokens.iter().take(n).skip(held.len()) {
+            let (token, room) = (token.clone(), *room);
+            let (limit, failed) = (limit.clone(), failed.clone());
             opening.push(tokio::spawn(async move {
                 let permit = limit.acquire_owned().await.expect("semaphore");
-                let ws = ws::open(addr, &token).await;
+                let ws = ws::open_joined(addr, &token, room).await;
                 drop(permit);
                 match ws {
                     Ok(ws) => Some(ws),

@@ -12,7 +12,7 @@
 //!   send `BENCH_MESSAGES` (50) messages back-to-back (next after the ack,
 //!   `db_busy` retried with the same `client_id`), `connection_limit=10`.
 //! - `send-pressure`: the same with `connection_limit=3`.
-//! - `idle`: server RSS growth per idle authenticated WebSocket, at each count
+//! - `idle`: server RSS growth per idle WebSocket joined to a room, at each count
 //!   of `BENCH_IDLE` (`2000,5000`); the clients run in a child process (this
 //!   binary re-executed with `CHATPOOL_BENCH_CHILD=idle`), so the RSS read is
 //!   the server's alone.
@@ -62,6 +62,15 @@ use crate::measure::{mem_total, rustc_version};
 
 /// `application_name` of the bench's own PostgreSQL connections.
 const BENCH_APP: &str = "chatpool-bench";
+/// Name of the server runtime's threads: chatpool runs on a runtime of its
+/// own (as many workers as cores, like the binary), the bench clients on
+/// another, so CPU can be told apart per thread (`measure::Cpu`). The
+/// server's hashing threads are `chatpool-argon2-N`; both start `chatpool-`.
+const SERVER_THREADS: &str = "chatpool-srv";
+
+/// The server runtime (see [`SERVER_THREADS`]); never dropped.
+static SERVER_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
 /// Bound on one whole scenario's traffic phase.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -77,6 +86,12 @@ fn main() {
         rt.block_on(idle::idle_child());
         return;
     }
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    assert!(SERVER_RUNTIME.set(server_rt).is_ok(), "one server runtime");
     // `cargo bench` passes `--bench`; positional words pick scenarios.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = !args.iter().any(|a| a == "--bench");
@@ -238,11 +253,17 @@ impl Bench<'_> {
     async fn start_server(&self, connection_limit: u32) -> TestApp {
         measure::wait_no_chatpool_connections(self.admin).await;
         let db = Arc::new(self.cluster.create_database().await);
-        AppOptions::default()
+        let start = AppOptions::default()
             .database(db)
             .url_param("connection_limit", connection_limit)
-            .spawn()
+            .spawn();
+        // Built and run on the server runtime, so every task it spawns runs there.
+        SERVER_RUNTIME
+            .get()
+            .expect("server runtime")
+            .spawn(start)
             .await
+            .expect("server start task")
     }
 }
 

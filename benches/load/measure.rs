@@ -83,6 +83,8 @@ pub fn sample_connections(admin_url: &str, stop: Arc<AtomicBool>) -> JoinHandle<
 pub struct Cpu {
     at: Instant,
     this: f64,
+    /// The server's own threads (`chatpool-*`, see `SERVER_THREADS`).
+    server: f64,
     postgres: f64,
     /// Busy seconds of the whole machine (`/proc/stat`, all processes).
     machine: f64,
@@ -102,6 +104,15 @@ impl Cpu {
             .ok()
             .and_then(|s| secs(&s))
             .map_or(0.0, |(_, t)| t);
+        let server = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            .filter_map(|s| secs(&s))
+            .filter(|(comm, _)| comm.starts_with("chatpool-"))
+            .map(|(_, t)| t)
+            .sum();
         let mut postgres = 0.0;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             if let Some((comm, t)) = std::fs::read_to_string(entry.path().join("stat"))
@@ -136,31 +147,48 @@ impl Cpu {
         Cpu {
             at: Instant::now(),
             this,
+            server,
             postgres,
             machine,
         }
     }
 
-    /// CPU seconds since `self`: `(this process, every postgres process)`.
-    pub fn spent(self) -> (f64, f64) {
-        let end = Cpu::now();
-        (end.this - self.this, end.postgres - self.postgres)
+    /// `"chatpool X% (+ bench clients Y%), PostgreSQL Z% ..."` since `self`.
+    pub fn since(self) -> String {
+        self.finish().0
     }
 
-    /// `"bench process X% + postgres Y% of 2 cores"` since `self`.
-    pub fn since(self) -> String {
+    /// [`Cpu::since`] and the CPU seconds spent (see [`Spent`]), from one end sample.
+    pub fn finish(self) -> (String, Spent) {
         let end = Cpu::now();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let wall = (end.at - self.at).as_secs_f64().max(1e-9);
         let pct = |d: f64| d / (wall * cores) * 100.0;
-        format!(
-            "chatpool + bench clients {:.0}%, PostgreSQL {:.0}%, whole machine {:.0}% of {cores} cores ({:.1} s wall)",
-            pct(end.this - self.this),
-            pct(end.postgres - self.postgres),
+        let spent = Spent {
+            this: end.this - self.this,
+            server: end.server - self.server,
+            postgres: end.postgres - self.postgres,
+        };
+        let text = format!(
+            "chatpool {:.0}% (+ bench clients {:.0}%), PostgreSQL {:.0}%, whole machine {:.0}% of {cores} cores ({:.1} s wall)",
+            pct(spent.server),
+            pct(spent.this - spent.server),
+            pct(spent.postgres),
             pct(end.machine - self.machine),
             wall
-        )
+        );
+        (text, spent)
     }
+}
+
+/// CPU seconds spent between two [`Cpu`] samples.
+pub struct Spent {
+    /// The whole bench process: the server and the bench clients.
+    pub this: f64,
+    /// The server's threads alone.
+    pub server: f64,
+    /// Every postgres process.
+    pub postgres: f64,
 }
 
 /// Nearest-rank percentiles of a latency sample.

@@ -41,13 +41,19 @@ impl PoolSettings {
     /// single statement run outside a transaction ([`crate::db::Db::run`]) is
     /// bounded by the server too; and an `idle_in_transaction_session_timeout`
     /// backstop, so the server ends a transaction a client abandoned even if
-    /// chatpool could not.
+    /// chatpool could not; and `plan_cache_mode=force_generic_plan`, so a
+    /// cached statement is planned once per connection. Every statement
+    /// chatpool runs is an index lookup whose plan does not depend on its
+    /// values, but PostgreSQL's default kept re-planning the history page on
+    /// every execution (it prices a `LIMIT $n` generic plan at a tenth of the
+    /// table), which cost more than running it (docs/benchmarks.md).
     pub fn session_config(&self) -> tokio_postgres::Config {
         let mut cfg = self.driver.clone();
         let backstop = (self.tx_timeout * 2).max(Duration::from_secs(10));
         cfg.application_name(APPLICATION_NAME);
         cfg.options(format!(
-            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c plan_cache_mode=force_generic_plan",
             self.tx_timeout.as_millis(),
             backstop.as_millis()
         ));

@@ -75,19 +75,25 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
 
     let session_state = state.clone();
     state.shutdown().tracker().spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => match into_tcp(upgraded) {
-                Ok((tcp, buffered)) => {
-                    let ws = WebSocketStream::from_partially_read(
-                        tcp,
-                        buffered,
-                        Role::Server,
-                        Some(socket_config()),
-                    )
-                    .await;
-                    session::run(session_state, ws, user, view, admission).await;
-                }
-                Err(upgraded) => {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        match into_tcp(upgraded) {
+            Ok((tcp, buffered)) => {
+                // Boxed: this step runs once, and inline it would enlarge the
+                // task for the socket's whole life.
+                let ws = Box::pin(WebSocketStream::from_partially_read(
+                    tcp,
+                    buffered,
+                    Role::Server,
+                    Some(socket_config()),
+                ))
+                .await;
+                session::run(session_state, ws, user, view, admission).await;
+            }
+            Err(upgraded) => {
+                Box::pin(async move {
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
@@ -95,9 +101,9 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
                     )
                     .await;
                     session::run(session_state, ws, user, view, admission).await;
-                }
-            },
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                })
+                .await;
+            }
         }
     });
 

@@ -61,48 +61,50 @@ enum End {
 }
 
 /// Runs a session on an upgraded socket until it ends.
-pub(super) async fn run<S>(
+///
+/// Built synchronously so the returned future holds only what an idle
+/// socket needs (the session and the loop's state): the whole future is the
+/// socket's memory while it waits, so the paths taken once (the close
+/// handshake, a registration refused) are boxed and cost nothing until taken
+/// (docs/benchmarks.md, scenario c).
+pub(super) fn run<S>(
     state: AppState,
     ws: WebSocketStream<S>,
     user: AuthUser,
     view: UserView,
     admission: Admission,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _admission = admission;
-    let mut ws = ws;
-    let Some(reg) = state.hub().register(user.token_id, user.id) else {
-        // Logged out between the token check and now.
-        let frame = Close::from(CloseReason::Revoked).frame();
-        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, ws.close(Some(frame))).await;
-        return;
-    };
-    let heartbeat = state.settings().heartbeat;
-    let user = Arc::new(user);
     let user_id = user.id;
-    let mut session = Session {
-        signals: Signals {
-            shutdown: state.shutdown().token(),
-            closed: reg.close_signal(),
-            access: reg.access_signal(),
-        },
-        liveness: Liveness {
-            every: heartbeat,
-            write_limit: (heartbeat * 3).max(MIN_WRITE_LIMIT),
-            last_heard: Instant::now(),
-        },
-        jobs: Jobs::new(state, user.clone()),
-        conv: Conversation::new(reg, user, Instant::now()),
-        ws,
-        out: Vec::new(),
-        finishing: false,
+    // Boxed, so moving them into the future below moves a pointer and the
+    // future holds no second copy.
+    let session = match state.hub().register(user.token_id, user.id) {
+        Some(reg) => Ok(Box::new(Session::new(state, ws, user, reg))),
+        None => Err(Box::new(ws)),
     };
-    let id = session.conv.registration().id();
-    tracing::debug!(user_id = user_id.0, session = id, "session opened");
-    let end = session.serve(&view).await;
-    tracing::debug!(session = id, ?end, "session ending");
-    session.finish(end).await;
+    async move {
+        let _admission = admission;
+        let mut session = match session {
+            Ok(session) => session,
+            Err(mut ws) => {
+                // Logged out between the token check and now.
+                let frame = Close::from(CloseReason::Revoked).frame();
+                let close = tokio::time::timeout(
+                    CLOSE_REPLY_WAIT,
+                    WebSocketStream::close(&mut ws, Some(frame)),
+                );
+                let _ = Box::pin(close).await;
+                return;
+            }
+        };
+        let id = session.conv.registration().id();
+        tracing::debug!(user_id = user_id.0, session = id, "session opened");
+        let end = session.serve(&view).await;
+        tracing::debug!(session = id, ?end, "session ending");
+        Box::pin(session.finish(end)).await;
+    }
 }
 
 struct Session<S> {
@@ -162,6 +164,28 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    fn new(state: AppState, ws: WebSocketStream<S>, user: AuthUser, reg: Registration) -> Self {
+        let heartbeat = state.settings().heartbeat;
+        let user = Arc::new(user);
+        Session {
+            signals: Signals {
+                shutdown: state.shutdown().token(),
+                closed: reg.close_signal(),
+                access: reg.access_signal(),
+            },
+            liveness: Liveness {
+                every: heartbeat,
+                write_limit: (heartbeat * 3).max(MIN_WRITE_LIMIT),
+                last_heard: Instant::now(),
+            },
+            jobs: Jobs::new(state, user.clone()),
+            conv: Conversation::new(reg, user, Instant::now()),
+            ws,
+            out: Vec::new(),
+            finishing: false,
+        }
+    }
+
     async fn serve(&mut self, view: &UserView) -> End {
         self.conv.hello(view, self.liveness.every);
         if let Err(end) = self.flush().await {
@@ -392,7 +416,8 @@ where
         let frame = Close::TooBig.frame();
         let _ = tokio::time::timeout(FINAL_WRITE_LIMIT, self.ws.close(Some(frame))).await;
         let stream = self.ws.get_mut();
-        let mut sink = [0u8; 4096];
+        // On the heap: a buffer in this future would enlarge every idle socket's.
+        let mut sink = vec![0u8; 4096];
         let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
