@@ -19,6 +19,19 @@ fn bad(message: impl Into<String>) -> Invalid {
     Invalid(message.into())
 }
 
+/// PostgreSQL cannot store U+0000 in text: a NUL is refused here, as a
+/// 400, rather than by the database, as a 500.
+///
+/// # Errors
+/// `bad_request` naming `field` when `raw` holds a NUL.
+pub fn no_nul<'a>(field: &str, raw: &'a str) -> Result<&'a str, Invalid> {
+    if raw.contains('\0') {
+        Err(bad(format!("{field} must not contain NUL (U+0000)")))
+    } else {
+        Ok(raw)
+    }
+}
+
 /// `^[a-z0-9_.-]{3,32}$`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
@@ -76,9 +89,10 @@ pub struct DisplayName(String);
 
 impl DisplayName {
     /// # Errors
-    /// `bad_request` when empty after trimming or over 64 characters.
+    /// `bad_request` when empty after trimming, over 64 characters or
+    /// holding a NUL.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let trimmed = raw.trim();
+        let trimmed = no_nul("display_name", raw)?.trim();
         if (1..=64).contains(&trimmed.chars().count()) {
             Ok(Self(trimmed.to_owned()))
         } else {
@@ -98,9 +112,10 @@ pub struct RoomName(String);
 
 impl RoomName {
     /// # Errors
-    /// `bad_request` when empty after trimming or over 100 characters.
+    /// `bad_request` when empty after trimming, over 100 characters or
+    /// holding a NUL.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let trimmed = raw.trim();
+        let trimmed = no_nul("name", raw)?.trim();
         if (1..=100).contains(&trimmed.chars().count()) {
             Ok(Self(trimmed.to_owned()))
         } else {
@@ -120,9 +135,10 @@ pub struct MessageBody(String);
 
 impl MessageBody {
     /// # Errors
-    /// `bad_request` when empty, only whitespace, or over 4000 characters.
+    /// `bad_request` when empty, only whitespace, over 4000 characters or
+    /// holding a NUL.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.trim().is_empty() {
+        if no_nul("body", raw)?.trim().is_empty() {
             return Err(bad("body must not be empty or only whitespace"));
         }
         if raw.chars().count() > 4000 {
@@ -143,9 +159,9 @@ pub struct ClientId(String);
 
 impl ClientId {
     /// # Errors
-    /// `bad_request` when empty or over 64 characters.
+    /// `bad_request` when empty, over 64 characters or holding a NUL.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if (1..=64).contains(&raw.chars().count()) {
+        if (1..=64).contains(&no_nul("client_id", raw)?.chars().count()) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(bad("client_id must be 1-64 characters"))
@@ -334,6 +350,17 @@ mod tests {
         for bad in ["ab", "ABC", "a b", "émile", &"a".repeat(33), ""] {
             assert!(Username::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stored_text_refuses_nul() {
+        assert!(DisplayName::parse("a\0b").is_err());
+        assert!(RoomName::parse("room\0").is_err());
+        assert!(MessageBody::parse("hi\0there").is_err());
+        assert!(ClientId::parse("\0").is_err());
+        let e = MessageBody::parse("x\0").unwrap_err();
+        assert!(e.to_string().contains("NUL"), "{e}");
+        assert!(MessageBody::parse("hi \u{1} there").is_ok());
     }
 
     #[test]

@@ -88,6 +88,8 @@ fn main() {
     }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name(SERVER_THREADS)
+        // Blocking threads live through the run, so none takes its CPU time away.
+        .thread_keep_alive(Duration::from_secs(3600))
         .enable_all()
         .build()
         .expect("server runtime");

@@ -79,12 +79,14 @@ pub fn sample_connections(admin_url: &str, stop: Arc<AtomicBool>) -> JoinHandle<
 }
 
 /// CPU seconds used so far by this process and by all `postgres` processes.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Cpu {
     at: Instant,
     this: f64,
-    /// The server's own threads (`chatpool-*`, see `SERVER_THREADS`).
-    server: f64,
+    /// CPU seconds of each of the server's own threads (`chatpool-*`, see
+    /// `SERVER_THREADS`), by thread id: a thread that exits takes its time
+    /// with it, so differences are taken per thread, never of sums.
+    server: std::collections::HashMap<String, (String, f64)>,
     postgres: f64,
     /// Busy seconds of the whole machine (`/proc/stat`, all processes).
     machine: f64,
@@ -108,11 +110,13 @@ impl Cpu {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-            .filter_map(|s| secs(&s))
-            .filter(|(comm, _)| comm.starts_with("chatpool-"))
-            .map(|(_, t)| t)
-            .sum();
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                let tid = task.file_name().to_string_lossy().into_owned();
+                Some((tid, secs(&stat)?))
+            })
+            .filter(|(_, (comm, _))| comm.starts_with("chatpool-"))
+            .collect();
         let mut postgres = 0.0;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             if let Some((comm, t)) = std::fs::read_to_string(entry.path().join("stat"))
@@ -164,13 +168,29 @@ impl Cpu {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let wall = (end.at - self.at).as_secs_f64().max(1e-9);
         let pct = |d: f64| d / (wall * cores) * 100.0;
+        let server = end
+            .server
+            .iter()
+            .map(|(tid, (_, t))| t - self.server.get(tid).map_or(0.0, |(_, t0)| *t0))
+            .sum();
+        let exited: Vec<&str> = self
+            .server
+            .iter()
+            .filter(|(tid, _)| !end.server.contains_key(*tid))
+            .map(|(_, (comm, _))| comm.as_str())
+            .collect();
         let spent = Spent {
             this: end.this - self.this,
-            server: end.server - self.server,
+            server,
             postgres: end.postgres - self.postgres,
         };
+        let exited = if exited.is_empty() {
+            String::new()
+        } else {
+            format!("; server threads that exited meanwhile, not counted: {exited:?}")
+        };
         let text = format!(
-            "chatpool {:.0}% (+ bench clients {:.0}%), PostgreSQL {:.0}%, whole machine {:.0}% of {cores} cores ({:.1} s wall)",
+            "chatpool {:.0}% (+ bench clients {:.0}%), PostgreSQL {:.0}%, whole machine {:.0}% of {cores} cores ({:.1} s wall{exited})",
             pct(spent.server),
             pct(spent.this - spent.server),
             pct(spent.postgres),

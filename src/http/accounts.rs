@@ -43,7 +43,8 @@ pub struct TokenResponse {
 }
 
 /// `POST /api/auth/register`: creates a member and logs them in (201).
-#[tracing::instrument(skip_all, fields(username = %body.username))]
+///
+/// Nothing the client typed is logged: only the new user's id.
 pub async fn register(
     State(state): State<AppState>,
     Json(body): Json<RegisterRequest>,
@@ -84,28 +85,30 @@ pub async fn register(
 
 /// `POST /api/auth/login`: a new token for a correct username and password.
 ///
-/// Failures are counted per username and per client address; past the limit
-/// the answer is 429 before any work is done. A username or password that
-/// could never be valid is a failed login, not a 400, so the rules of the
-/// day do not lock out older accounts or tell an attacker anything.
-#[tracing::instrument(skip_all, fields(username = %body.username))]
+/// Each attempt takes a place under the per-username and per-address limits
+/// before the password is checked ([`crate::ratelimit`]); past the limit the
+/// answer is 429 before any work is done. A username or password that could never be
+/// valid is a failed login, not a 400, so the rules of the day do not lock out
+/// older accounts or tell an attacker anything. The log names the user's id,
+/// never what was typed (a password typed into the username field must not
+/// end up in the log).
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let limiter = state.login_limiter();
     let valid_name = Username::parse(&body.username).ok();
     let key = valid_name.as_ref().map(Username::as_str);
-    limiter.check(key, addr).map_err(ApiError::RateLimited)?;
-    let fail = |key: Option<&str>| {
-        limiter.failed(key, addr);
-        tracing::info!("login failed");
-        ApiError::InvalidCredentials
-    };
+    let attempt = state
+        .login_limiter()
+        .begin(key, addr)
+        .await
+        .map_err(ApiError::RateLimited)?;
     let (Some(username), Ok(password)) = (valid_name.clone(), Password::parse(&body.password))
     else {
-        return Err(fail(key));
+        attempt.failed();
+        tracing::info!("login failed: no such user");
+        return Err(ApiError::InvalidCredentials);
     };
     let name = username.as_str().to_owned();
     let user = state
@@ -116,7 +119,14 @@ pub async fn login(
     let matches = state.passwords().verify(password, stored).await?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(fail(Some(username.as_str()))),
+        found => {
+            attempt.failed();
+            match found {
+                Some(user) => tracing::info!(user_id = user.id.0, "login failed: wrong password"),
+                None => tracing::info!("login failed: no such user"),
+            }
+            return Err(ApiError::InvalidCredentials);
+        }
     };
     let (token, token_hash) = new_token();
     let user_id = user.id;
@@ -124,7 +134,7 @@ pub async fn login(
         .db()
         .run(move |c| async move { store::tokens::insert(c, user_id, &token_hash).await }.boxed())
         .await?;
-    limiter.succeeded(username.as_str());
+    attempt.succeeded();
     tracing::info!(user_id = user_id.0, "logged in");
     Ok(Json(TokenResponse {
         token,
@@ -186,6 +196,7 @@ pub async fn users(
 ) -> Result<Json<UsersResponse>, ApiError> {
     let limit = limit_in(q.limit, USERS_LIMIT)?;
     let prefix = q.prefix.unwrap_or_default().trim().to_lowercase();
+    crate::domain::no_nul("prefix", &prefix)?;
     if prefix.chars().count() > 32 {
         return Err(ApiError::BadRequest(
             "prefix must be at most 32 characters".into(),

@@ -183,6 +183,31 @@ async fn repeated_login_failures_for_one_username_get_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn parallel_wrong_passwords_are_limited_like_sequential_ones() {
+    bounded(async {
+        let app = spawn_app().await;
+        register(&app, "alice").await;
+        // 150 guesses at once: each is counted before its password is checked,
+        // so exactly the username's 5 failures get through to a 401.
+        let statuses = join_all((0..150).map(|i| {
+            let app = &app;
+            async move {
+                let reply = login(app, "alice", &format!("guess number {i}")).await;
+                reply.status
+            }
+        }))
+        .await;
+        let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((unauthorized, limited), (5, 145), "{statuses:?}");
+        login(&app, "alice", PASSWORD)
+            .await
+            .expect_error(429, "rate_limited");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn repeated_login_failures_from_one_address_get_429_across_usernames() {
     bounded(async {
         let app = spawn_app().await;

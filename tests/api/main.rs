@@ -4,6 +4,7 @@
 mod authz;
 mod foundation;
 mod group_commit;
+mod hostile;
 mod http_accounts;
 mod http_admin;
 mod http_messages;

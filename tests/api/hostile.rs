@@ -1,0 +1,182 @@
+//! Issue 11: hostile input gets its documented answer and the server keeps
+//! serving.
+
+use std::time::Duration;
+
+use chatpool::testkit::api::{create_room, get, id_of, post, register, register_raw};
+use chatpool::testkit::pg::sql_client;
+use chatpool::testkit::seed::{seed_room, seed_user};
+use chatpool::testkit::ws::*;
+use chatpool::testkit::{bounded, cluster, spawn_app, BinaryServer, Role};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::binary;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_character_is_a_400_over_http_and_an_error_frame_over_websocket() {
+    bounded(async {
+        let app = spawn_app().await;
+        let ann = register(&app, "ann").await;
+        let room = id_of(&create_room(&app, &ann.token, "general", &[]).await);
+
+        register_raw(
+            &app,
+            json!({"username": "nully", "password": "long enough", "display_name": "a\u{0}b"}),
+        )
+        .await
+        .expect_error(400, "bad_request");
+        post(&app, "/api/rooms", &ann.token, json!({"name": "x\u{0}y"}))
+            .await
+            .expect_error(400, "bad_request");
+        let path = format!("/api/rooms/{room}/messages");
+        post(&app, &path, &ann.token, json!({"body": "hi\u{0}"}))
+            .await
+            .expect_error(400, "bad_request");
+        post(
+            &app,
+            &path,
+            &ann.token,
+            json!({"body": "hi", "client_id": "c\u{0}"}),
+        )
+        .await
+        .expect_error(400, "bad_request");
+        get(&app, "/api/users?prefix=a%00", &ann.token)
+            .await
+            .expect_error(400, "bad_request");
+
+        let bob = seed_user(&app, "bob", Role::Member).await;
+        let room2 = seed_room(&app, bob.id, &[]).await;
+        let mut ws = connect(&app, &bob.token).await;
+        ws.send_json(json!({"type": "join", "room_id": room2}))
+            .await;
+        assert_eq!(ws.recv_json().await["type"], "joined");
+        for frame in [
+            json!({"type": "send", "room_id": room2, "body": "a\u{0}", "client_id": "c1"}),
+            json!({"type": "send", "room_id": room2, "body": "a", "client_id": "c\u{0}"}),
+        ] {
+            ws.send_json(frame).await;
+            let e = ws.recv_json().await;
+            assert_eq!(
+                (e["type"].as_str(), e["code"].as_str()),
+                (Some("error"), Some("bad_request")),
+                "{e}"
+            );
+        }
+        // The socket is still open and the room still works.
+        let (ack, _) = ws.send_message(room2, "fine", "c2").await;
+        assert_eq!(ack["message"]["seq"], 1);
+        post(&app, &path, &ann.token, json!({"body": "also fine"}))
+            .await
+            .expect(201);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_rust_log_trace_no_token_password_hash_or_body_reaches_the_log() {
+    bounded(async {
+        let db = cluster().create_database().await;
+        let url = db.url.clone();
+        let mut server = tokio::task::spawn_blocking(move || {
+            BinaryServer::start(
+                binary(),
+                &[("DATABASE_URL", url), ("RUST_LOG", "trace".into())],
+                Duration::from_secs(60),
+            )
+        })
+        .await
+        .unwrap();
+        let http = reqwest::Client::new();
+        let password = "correct horse battery";
+        let reg: Value = http
+            .post(server.url("/api/auth/register"))
+            .json(&json!({"username": "loggy", "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = reg["token"].as_str().expect("token").to_owned();
+        // A password typed into the username field, with a forged log line.
+        let typed = "Typed Secret\nINFO forged line";
+        let status = http
+            .post(server.url("/api/auth/login"))
+            .json(&json!({"username": typed, "password": "whatever else"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+        let room: Value = http
+            .post(server.url("/api/rooms"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "logged room"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let room = room["id"].as_i64().expect("room id");
+        let posted = http
+            .post(server.url(&format!("/api/rooms/{room}/messages")))
+            .bearer_auth(&token)
+            .json(&json!({"body": "http-body-marker"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(posted, 201);
+        // Over WebSocket, with the token in the query string.
+        let mut ws = open_joined(server.addr, &token, room)
+            .await
+            .expect("socket");
+        let (ack, _) = ws.send_message(room, "ws-body-marker", "c1").await;
+        assert_eq!(ack["message"]["seq"], 2);
+        ws.close().await;
+
+        let client = sql_client(&db.url, "log-test").await;
+        let hash: String = client
+            .query_one(
+                "SELECT password_hash FROM users WHERE username = 'loggy'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        server.signal(Signal::SIGTERM);
+        let log = tokio::task::spawn_blocking(move || {
+            assert!(server.wait_exit(Duration::from_secs(30)).success());
+            server.log()
+        })
+        .await
+        .unwrap();
+        assert!(
+            log.contains("TRACE") || log.contains("DEBUG"),
+            "RUST_LOG=trace took effect"
+        );
+        assert!(log.contains("logged in") || log.contains("user registered"));
+        let token_hash = hex(&Sha256::digest(token.as_bytes()));
+        for secret in [
+            token.as_str(),
+            password,
+            hash.as_str(),
+            "$argon2",
+            token_hash.as_str(),
+            "http-body-marker",
+            "ws-body-marker",
+            "Typed Secret",
+            "forged line",
+        ] {
+            assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+        }
+    })
+    .await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
