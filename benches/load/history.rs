@@ -52,8 +52,7 @@ pub async fn scenario_history(bench: &Bench<'_>) -> String {
                {select} WHERE m.room_id = r.id AND {filter} ORDER BY m.seq DESC LIMIT 51) p ON true \
              WHERE r.id = {room} AND ( \
                EXISTS (SELECT 1 FROM users vu WHERE vu.id = {author} AND vu.role = ANY(ARRAY['agent','admin'])) \
-               OR EXISTS (SELECT 1 FROM room_members vm WHERE vm.room_id = r.id AND vm.user_id = {author})) \
-             ORDER BY p.seq DESC"
+               OR EXISTS (SELECT 1 FROM room_members vm WHERE vm.room_id = r.id AND vm.user_id = {author}))"
         );
         let _ = writeln!(
             plans,
@@ -76,8 +75,7 @@ pub async fn scenario_history(bench: &Bench<'_>) -> String {
                {select} WHERE m.room_id = r.id AND m.seq < $3 ORDER BY m.seq DESC LIMIT $2) p ON true \
              WHERE r.id = $1 AND ( \
                EXISTS (SELECT 1 FROM users vu WHERE vu.id = $4 AND vu.role = ANY($5)) \
-               OR EXISTS (SELECT 1 FROM room_members vm WHERE vm.room_id = r.id AND vm.user_id = $4)) \
-             ORDER BY p.seq DESC"
+               OR EXISTS (SELECT 1 FROM room_members vm WHERE vm.room_id = r.id AND vm.user_id = $4))"
         ))
         .await
         .expect("prepare");
