@@ -148,7 +148,7 @@ impl Settings {
             .transpose()?
             .unwrap_or(10_000) as usize;
         let heartbeat = get("CHATPOOL_HEARTBEAT_MS")
-            .map(|v| parse_millis("CHATPOOL_HEARTBEAT_MS", &v))
+            .map(|v| parse_millis_at_most("CHATPOOL_HEARTBEAT_MS", &v, MAX_HEARTBEAT))
             .transpose()?
             .unwrap_or(Duration::from_millis(30_000));
         let registration_open = get("CHATPOOL_REGISTRATION")
@@ -312,6 +312,20 @@ fn parse_millis(param: &str, value: &str) -> Result<Duration, ConfigError> {
     parse_positive(param, value).map(Duration::from_millis)
 }
 
+/// Longest `CHATPOOL_HEARTBEAT_MS`: an hour (a peer is dropped after three).
+const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+fn parse_millis_at_most(param: &str, value: &str, max: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_millis(param, value)?;
+    if d > max {
+        return Err(ConfigError::new(
+            param,
+            format!("must be at most {} ms, got {value:?}", max.as_millis()),
+        ));
+    }
+    Ok(d)
+}
+
 /// Seconds as Prisma writes them; fractions allowed, zero (Prisma's "no limit") refused
 /// because chatpool never waits without a bound.
 fn parse_seconds(param: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -331,32 +345,15 @@ fn parse_seconds(param: &str, value: &str) -> Result<Duration, ConfigError> {
         })
 }
 
-/// Parses durations such as `10m`, `90s`, `1h`, `500ms` (used by `db reap --idle-for`).
+/// Parses durations such as `10m`, `90s`, `1h`, `500ms`, `1d` or `1h 30m`
+/// (humantime's syntax; used by `db reap --idle-for`). A value too large to
+/// represent is an error, never a wrapped-around smaller one.
 ///
 /// # Errors
 /// A message saying what is accepted.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 10m, 90s or 1h, got {value:?}"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {value:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    Ok(Duration::from_secs(secs))
+    humantime::parse_duration(value.trim())
+        .map_err(|e| format!("expected a duration like 10m, 90s or 1h, got {value:?}: {e}"))
 }
 
 #[cfg(test)]

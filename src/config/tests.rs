@@ -154,6 +154,17 @@ fn durations_parse() {
     assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
     assert!(parse_duration("ten").is_err());
-    assert!(parse_duration("5y").is_err());
+    assert!(parse_duration("5 parsecs").is_err());
+    // Too large to represent: refused, not wrapped to something small.
+    assert!(parse_duration("99999999999999999999h").is_err());
+    assert!(parse_duration("18446744073709551615d").is_err());
+}
+
+#[test]
+fn a_heartbeat_over_an_hour_is_refused() {
+    let err = settings(&[("CHATPOOL_HEARTBEAT_MS", "18446744073709551615")]).unwrap_err();
+    assert!(err.to_string().contains("CHATPOOL_HEARTBEAT_MS"), "{err}");
+    assert!(settings(&[("CHATPOOL_HEARTBEAT_MS", "3600000")]).is_ok());
 }

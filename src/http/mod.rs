@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
             server::drain_gate,
         ))
         .layer(middleware::from_fn(count_requests))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
@@ -78,13 +78,45 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn count_requests(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
-    let route = request
+/// The span of a request: its method and route pattern, never the URI (a
+/// `/ws?token=` query string carries a bearer token) or a raw path.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = method_label(request.method()),
+        route = route_label(request)
+    )
+}
+
+/// A method as a metrics label or log field: the standard ones by name,
+/// anything else as `OTHER`, so a client cannot mint label values.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The matched route pattern (`/api/rooms/{id}`), or `unmatched`.
+fn route_label(request: &Request) -> String {
+    request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let method = method_label(request.method());
+    let route = route_label(&request);
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

@@ -180,3 +180,48 @@ async fn at_rust_log_trace_no_token_password_hash_or_body_reaches_the_log() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_do_not_mint_metric_series() {
+    bounded(async {
+        let app = spawn_app().await;
+        for i in 0..50 {
+            let method = reqwest::Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+            let status = app
+                .http
+                .request(method, app.url("/api/rooms"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 405);
+        }
+        let long = reqwest::Method::from_bytes("X".repeat(8000).as_bytes()).unwrap();
+        let _ = app.http.request(long, app.url("/healthz")).send().await;
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let series: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("chatpool_http_requests_total{"))
+            .collect();
+        assert!(!metrics.contains("BREW"), "{series:#?}");
+        assert!(!metrics.contains("XXXX"));
+        assert!(
+            series.iter().any(|l| l.contains("method=\"OTHER\"")),
+            "{series:#?}"
+        );
+        // The recorder is shared by every test of this binary: check the
+        // labels, not the count.
+        let standard = [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+        ];
+        for line in &series {
+            let method = line
+                .split("method=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default();
+            assert!(standard.contains(&method), "{line}");
+        }
+    })
+    .await;
+}

@@ -175,7 +175,7 @@ where
             },
             liveness: Liveness {
                 every: heartbeat,
-                write_limit: (heartbeat * 3).max(MIN_WRITE_LIMIT),
+                write_limit: heartbeat.saturating_mul(3).max(MIN_WRITE_LIMIT),
                 last_heard: Instant::now(),
             },
             jobs: Jobs::new(state, user.clone()),
@@ -300,7 +300,8 @@ where
             Timer::Heartbeat => {
                 // While a frame's database work runs the socket is not read,
                 // so silence is only counted when the loop is listening.
-                let silent = self.liveness.last_heard.elapsed() >= self.liveness.every * 3;
+                let silent =
+                    self.liveness.last_heard.elapsed() >= self.liveness.every.saturating_mul(3);
                 if !self.jobs.frame_in_flight() && silent {
                     let session = self.conv.registration().id();
                     tracing::debug!(session, "peer silent for three heartbeats");
