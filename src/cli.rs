@@ -65,6 +65,35 @@ enum DbCommand {
     },
 }
 
+/// Raises this process's open-files limit to its hard limit: every socket,
+/// pooled connection and file is a descriptor, and the common soft limit of
+/// 1024 is far below `CHATPOOL_MAX_SOCKETS`. Warns when even the hard limit
+/// is below what the settings allow at once.
+fn raise_open_files(settings: &Settings) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let now = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let wanted = (settings.max_sockets + settings.max_http_connections) as u64
+        + u64::from(settings.database.connection_limit)
+        + 64;
+    if now < wanted {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            "the open-files limit is below CHATPOOL_MAX_SOCKETS + CHATPOOL_MAX_HTTP_CONNECTIONS + \
+             connection_limit; connections past it fail with EMFILE"
+        );
+    } else {
+        tracing::debug!(limit = now, "open-files limit");
+    }
+}
+
 fn parse_role(raw: &str) -> Result<crate::domain::Role, String> {
     crate::domain::Role::parse(raw).map_err(|e| e.to_string())
 }
@@ -108,6 +137,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
+            raise_open_files(&settings);
             let stop = crate::shutdown::signals()?;
             let app = Application::build(settings).await?;
             app.run_until_stopped(stop).await

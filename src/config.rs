@@ -86,6 +86,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// WebSocket sessions held at once.
     pub max_sockets: usize,
+    /// HTTP connections open at once, not counting upgraded WebSockets
+    /// (`CHATPOOL_MAX_HTTP_CONNECTIONS`, default 1024).
+    pub max_http_connections: usize,
+    /// Longest a request body may take to arrive, whatever its pace
+    /// (`CHATPOOL_BODY_TIMEOUT_MS`, default 30 s); then 408.
+    pub body_timeout: Duration,
     /// Interval of the server's WebSocket pings (`CHATPOOL_HEARTBEAT_MS`,
     /// default 30 s); a peer silent for three intervals is dropped.
     pub heartbeat: Duration,
@@ -147,6 +153,14 @@ impl Settings {
             .map(|v| parse_positive("CHATPOOL_MAX_SOCKETS", &v))
             .transpose()?
             .unwrap_or(10_000) as usize;
+        let max_http_connections = get("CHATPOOL_MAX_HTTP_CONNECTIONS")
+            .map(|v| parse_positive("CHATPOOL_MAX_HTTP_CONNECTIONS", &v))
+            .transpose()?
+            .unwrap_or(1024) as usize;
+        let body_timeout = get("CHATPOOL_BODY_TIMEOUT_MS")
+            .map(|v| parse_millis("CHATPOOL_BODY_TIMEOUT_MS", &v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(30));
         let heartbeat = get("CHATPOOL_HEARTBEAT_MS")
             .map(|v| parse_millis_at_most("CHATPOOL_HEARTBEAT_MS", &v, MAX_HEARTBEAT))
             .transpose()?
@@ -205,6 +219,8 @@ impl Settings {
             shutdown_timeout,
             data_dir,
             max_sockets,
+            max_http_connections,
+            body_timeout,
             heartbeat,
             registration_open,
             log_format,

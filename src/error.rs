@@ -35,6 +35,10 @@ pub enum ApiError {
     /// A request body over the size limit.
     #[error("request body is larger than 64 KiB")]
     TooLarge,
+    /// The request body did not arrive within the time allowed (408: the
+    /// SPEC names no code for it; chatpool's is `request_timeout`).
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     /// Too many attempts; try again after the given seconds.
     #[error("too many attempts, retry in {0} s")]
     RateLimited(u64),
@@ -110,6 +114,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge => "too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
@@ -128,6 +133,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ShuttingDown | ApiError::ServerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,

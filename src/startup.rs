@@ -192,6 +192,7 @@ impl Application {
         let mut server = tokio::spawn(crate::http::server::serve(
             listener,
             router,
+            state.settings().max_http_connections,
             close_http.clone(),
         ));
         tracing::info!("listening on http://{addr}");

@@ -134,17 +134,22 @@ async fn count_requests(request: Request, next: Next) -> Response {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
-impl<T, S> FromRequest<S> for Json<T>
+/// The body must arrive within `CHATPOOL_BODY_TIMEOUT_MS` whatever its pace
+/// (408 `request_timeout`): a body trickled a byte at a time would otherwise
+/// hold its connection forever.
+impl<T> FromRequest<AppState> for Json<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.settings().body_timeout;
+        let read = axum::Json::<T>::from_request(req, state);
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(axum::Json(value))) => Ok(Json(value)),
+            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+            Err(_) => Err(ApiError::RequestTimeout(limit.as_secs().max(1))),
         }
     }
 }

@@ -5,7 +5,17 @@
 //! every new request gets 503 `shutting_down` (and `/readyz` says so) while
 //! in-flight requests and WebSocket sessions finish. Only then are the
 //! listener and the remaining keep-alive connections closed.
+//!
+//! Open HTTP connections are capped (`CHATPOOL_MAX_HTTP_CONNECTIONS`): past
+//! the cap a new connection gets one `503 server_busy` and is closed, so the
+//! accept loop keeps running, `/healthz` keeps answering once a slot frees,
+//! and file descriptors stay bounded. A connection leaves the count when it
+//! upgrades: WebSocket sessions have their own cap. Headers must arrive
+//! within [`HEADER_READ_TIMEOUT`] (hyper also applies it to a keep-alive
+//! connection waiting for its next request) and a JSON body within
+//! `CHATPOOL_BODY_TIMEOUT_MS` (see [`super::Json`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -14,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -35,8 +47,14 @@ const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// request, and returns once all are closed. Upgraded (WebSocket) connections
 /// leave this loop's care at the upgrade; their sessions are tracked by
 /// [`crate::shutdown::Shutdown::tracker`].
-pub async fn serve(listener: TcpListener, router: Router, close: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    close: CancellationToken,
+) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -51,9 +69,14 @@ pub async fn serve(listener: TcpListener, router: Router, close: CancellationTok
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            connections.spawn(refuse_busy(stream));
+            continue;
+        };
         let router = router.clone();
         let close = close.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().oneshot(request.map(axum::body::Body::new))
@@ -81,6 +104,32 @@ pub async fn serve(listener: TcpListener, router: Router, close: CancellationTok
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// The whole answer to a connection past the cap: the SPEC's error shape.
+fn busy_response() -> Vec<u8> {
+    let body = serde_json::json!({"error": {
+        "code": "server_busy",
+        "message": "too many connections; retry later",
+    }})
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers a connection past the cap with 503 `server_busy` and closes it,
+/// without reading its request (bounded, so a peer that never reads cannot
+/// hold it).
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&busy_response()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Middleware: counts every request as in flight for the drain, and once

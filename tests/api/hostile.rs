@@ -7,10 +7,12 @@ use chatpool::testkit::api::{create_room, get, id_of, post, register, register_r
 use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::{seed_room, seed_user};
 use chatpool::testkit::ws::*;
-use chatpool::testkit::{bounded, cluster, spawn_app, BinaryServer, Role};
+use chatpool::testkit::{bounded, cluster, spawn_app, AppOptions, BinaryServer, Role};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::binary;
 
@@ -224,4 +226,95 @@ async fn made_up_methods_do_not_mint_metric_series() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_connection_cap_a_connection_gets_503_and_healthz_answers_once_one_frees() {
+    bounded(async {
+        let app = AppOptions::default()
+            .env("CHATPOOL_MAX_HTTP_CONNECTIONS", 5)
+            .spawn()
+            .await;
+        // Five idle connections that never send a byte hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..5 {
+            idle.push(TcpStream::connect(app.addr).await.unwrap());
+        }
+        // Each connection is counted once accepted: wait until the sixth is
+        // refused rather than sleeping.
+        let busy = loop {
+            let reply = raw_request(app.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            if reply.starts_with("HTTP/1.1 503") {
+                break reply;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(busy.contains("server_busy"), "{busy}");
+        assert!(
+            busy.to_ascii_lowercase().contains("retry-after: 1"),
+            "{busy}"
+        );
+        drop(idle.pop());
+        let ok = loop {
+            let reply = raw_request(
+                app.addr,
+                "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+            if reply.starts_with("HTTP/1.1 200") {
+                break reply;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(ok.contains("ok") || ok.contains("{"), "{ok}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_trickled_slower_than_the_body_timeout_gets_408() {
+    bounded(async {
+        let app = AppOptions::default()
+            .env("CHATPOOL_BODY_TIMEOUT_MS", 1000)
+            .spawn()
+            .await;
+        let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+        tcp.write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        // A byte every 300 ms: each arrives well within any per-read timeout.
+        let started = std::time::Instant::now();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                read = tcp.read(&mut buf) => {
+                    let n = read.unwrap();
+                    reply.extend_from_slice(&buf[..n]);
+                    if n == 0 || reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(300)) => {
+                    let _ = tcp.write_all(b" ").await;
+                }
+            }
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
+
+/// Sends `request` on a fresh connection and returns everything read until
+/// the server closes it or 2 s pass.
+async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
 }
