@@ -68,6 +68,14 @@ pub async fn patch_user(
     let role = Role::parse(&body.role)?;
     let updated = commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
+            if role != Role::Admin {
+                let admins = store::users::lock_admins(conn).await?;
+                if admins == [id] {
+                    return Err(ApiError::Conflict(
+                        "cannot demote the last admin; promote another first".into(),
+                    ));
+                }
+            }
             let updated = store::users::set_role(conn, id, role).await?;
             // Always: cached tokens of the user must see the new role; sockets
             // re-check their rooms (only a demotion can take any away).

@@ -165,6 +165,17 @@ pub async fn set_role(
         .optional()
 }
 
+/// The admins' ids, their rows locked until the transaction ends, so two
+/// demotions at once cannot both see another admin left.
+pub async fn lock_admins(conn: &mut AsyncPgConnection) -> Result<Vec<UserId>, Error> {
+    users::table
+        .filter(users::role.eq(Role::Admin.as_str()))
+        .select(users::id)
+        .for_update()
+        .load(conn)
+        .await
+}
+
 /// Number of users.
 pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
     users::table.count().get_result(conn).await

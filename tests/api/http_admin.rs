@@ -141,6 +141,57 @@ async fn a_role_change_applies_at_once_to_existing_tokens() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_admin_cannot_be_demoted_even_by_two_admins_at_once() {
+    bounded(async {
+        let app = spawn_app().await;
+        let a = user_with_role(&app, "admin1", Role::Admin).await;
+        let b = user_with_role(&app, "admin2", Role::Admin).await;
+        let set = |token: String, id: i64, role: &'static str| {
+            let app = &app;
+            async move {
+                call(
+                    app,
+                    Method::PATCH,
+                    &format!("/api/admin/users/{id}"),
+                    Some(&token),
+                    Some(json!({ "role": role })),
+                )
+                .await
+            }
+        };
+        // Each demotes the other at the same moment: at most one wins.
+        let (ab, ba) = tokio::join!(
+            set(a.token.clone(), b.id(), "member"),
+            set(b.token.clone(), a.id(), "member")
+        );
+        let statuses = [ab.status.as_u16(), ba.status.as_u16()];
+        assert!(statuses.contains(&200), "{statuses:?}");
+        assert!(
+            statuses.contains(&409) || statuses.contains(&403),
+            "{statuses:?}"
+        );
+        // Whoever is left is the last admin, and may not step down.
+        let (last, last_id) = if ab.status == 200 {
+            (&a, a.id())
+        } else {
+            (&b, b.id())
+        };
+        set(last.token.clone(), last_id, "agent")
+            .await
+            .expect_error(409, "conflict");
+        let body = get(&app, "/api/admin/users", &last.token).await.expect(200);
+        let admins = body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["role"] == "admin")
+            .count();
+        assert_eq!(admins, 1, "{body}");
+    })
+    .await;
+}
+
 async fn history_is_hidden(app: &TestApp, token: &str, room: i64) {
     history(app, token, room, "")
         .await
