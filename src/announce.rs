@@ -65,12 +65,13 @@ where
     T: Send + 'static,
 {
     let wait = wait.unwrap_or_else(|| db.max_wait());
+    let key = db.channel_key();
     let (value, outbox) = db
         .transaction_within(wait, move |conn| {
             async move {
                 let mut outbox = Outbox::default();
                 let value = work(&mut *conn, &mut outbox).await?;
-                store::events::notify(conn, &outbox.events).await?;
+                store::events::notify(conn, &key, &outbox.events).await?;
                 Ok::<_, E>((value, outbox))
             }
             .boxed()

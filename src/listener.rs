@@ -142,10 +142,19 @@ async fn listen(
     Ok(conn)
 }
 
-/// Applies one notification (one or more events) to the hub, in order.
+/// Applies one notification (one or more events) to the hub, in order, if
+/// chatpool signed it ([`crate::db::channel`]).
 async fn handle(db: &Db, hub: &Hub, payload: &str) {
-    let Some(items) = unpack(payload) else {
-        return tracing::debug!(payload, "ignoring an unknown notification");
+    let key = db.channel_key();
+    let Some(body) = key.open(payload) else {
+        metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);
+        return tracing::warn!(
+            bytes = payload.len(),
+            "ignoring a notification on chatpool's channel that chatpool did not sign"
+        );
+    };
+    let Some(items) = unpack(body) else {
+        return tracing::debug!(bytes = body.len(), "ignoring an unknown notification");
     };
     for item in items {
         if let Some(event) = resolve(db, item).await {

@@ -39,6 +39,8 @@ pub const LISTENER_UP: &str = "chatpool_listener_up";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "chatpool_listener_reconnects_total";
 /// Notifications received on the LISTEN connection.
 pub const LISTENER_NOTIFICATIONS_TOTAL: &str = "chatpool_listener_notifications_total";
+/// Notifications dropped because chatpool did not sign them (SPEC §4).
+pub const LISTENER_FORGED_TOTAL: &str = "chatpool_listener_forged_total";
 /// Messages read back from the database after a reconnect.
 pub const LISTENER_CATCH_UP_MESSAGES_TOTAL: &str = "chatpool_listener_catch_up_messages_total";
 
@@ -97,6 +99,10 @@ fn describe() {
         "LISTEN connection re-established"
     );
     metrics::describe_counter!(LISTENER_NOTIFICATIONS_TOTAL, "Notifications received");
+    metrics::describe_counter!(
+        LISTENER_FORGED_TOTAL,
+        "Notifications dropped: not signed with the database's notification key"
+    );
     metrics::describe_counter!(
         LISTENER_CATCH_UP_MESSAGES_TOTAL,
         "Messages read back after a reconnect"

@@ -22,6 +22,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    notify_key (id) {
+        id -> Bool,
+        key -> Bytea,
+    }
+}
+
+diesel::table! {
     room_members (room_id, user_id) {
         room_id -> Int8,
         user_id -> Int8,
@@ -57,4 +64,11 @@ diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(room_members -> users (user_id));
 diesel::joinable!(rooms -> users (created_by));
 
-diesel::allow_tables_to_appear_in_same_query!(auth_tokens, messages, room_members, rooms, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    auth_tokens,
+    messages,
+    notify_key,
+    room_members,
+    rooms,
+    users,
+);

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -124,6 +125,15 @@ impl Application {
             if !applied.is_empty() {
                 tracing::info!(?applied, "migrations applied");
             }
+            let candidate = crate::db::channel::ChannelKey::random();
+            let key = database
+                .db
+                .run(move |c| {
+                    async move { crate::store::events::load_key(c, &candidate).await }.boxed()
+                })
+                .await
+                .context("reading the notification key")?;
+            database.db.set_channel_key(key);
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;

@@ -7,9 +7,11 @@
 //! cancelled and rolled back (or, failing that, discarded); it is never
 //! returned to the pool inside an open transaction.
 
+pub mod channel;
 pub mod migrations;
 pub mod pool;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -107,6 +109,9 @@ pub struct Db {
     pool: PgPool,
     max_wait: Duration,
     tx_timeout: Duration,
+    /// The database's notification key: read at start-up (a random one
+    /// until then, which no other instance would believe).
+    channel: Arc<std::sync::RwLock<channel::ChannelKey>>,
 }
 
 impl Db {
@@ -116,7 +121,24 @@ impl Db {
             pool: pool::build(settings),
             max_wait: settings.max_wait,
             tx_timeout: settings.tx_timeout,
+            channel: Arc::new(std::sync::RwLock::new(channel::ChannelKey::random())),
         }
+    }
+
+    /// The key signing this database's notifications ([`channel`]).
+    pub fn channel_key(&self) -> channel::ChannelKey {
+        self.channel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the notification key (start-up, after the migrations).
+    pub fn set_channel_key(&self, key: channel::ChannelKey) {
+        *self
+            .channel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
     }
 
     /// The wait limit for a connection (`CHATPOOL_TX_MAX_WAIT_MS`).

@@ -11,6 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::CacheStatement;
+use crate::db::channel::{ChannelKey, TAG_CHARS};
 use crate::domain::MessageView;
 use crate::events::Event;
 use crate::ids::{RoomId, Seq, TokenId, UserId};
@@ -90,11 +91,15 @@ impl Payload {
 }
 
 /// Largest payload of one `NOTIFY` this module builds (PostgreSQL refuses
-/// 8000 bytes and more).
+/// 8000 bytes and more), its tag included.
 pub const PAYLOAD_LIMIT: usize = 7900;
 
-/// The `NOTIFY` payloads announcing `events`: each a JSON array of
-/// [`Payload`]s, packed in order up to [`PAYLOAD_LIMIT`] bytes.
+/// Largest JSON array [`pack`] builds: the payload less the tag and its dot.
+const BODY_LIMIT: usize = PAYLOAD_LIMIT - TAG_CHARS - 1;
+
+/// The bodies of the `NOTIFY` payloads announcing `events`: each a JSON
+/// array of [`Payload`]s, packed in order so that signed
+/// ([`ChannelKey::sign`]) each is at most [`PAYLOAD_LIMIT`] bytes.
 ///
 /// # Errors
 /// When an event cannot be serialised.
@@ -103,7 +108,7 @@ pub fn pack(events: &[Event]) -> Result<Vec<String>, serde_json::Error> {
     let mut current = String::from("[");
     for event in events {
         let item = serde_json::to_string(&Payload::of(event))?;
-        if current.len() > 1 && current.len() + item.len() + 2 > PAYLOAD_LIMIT {
+        if current.len() > 1 && current.len() + item.len() + 2 > BODY_LIMIT {
             current.push(']');
             payloads.push(std::mem::replace(&mut current, String::from("[")));
         }
@@ -136,16 +141,20 @@ pub fn unpack(payload: &str) -> Option<Vec<Payload>> {
 }
 
 /// Queues `events` for delivery to every listener when the current
-/// transaction commits: one statement, however many events.
+/// transaction commits, signed with `key`: one statement, however many events.
 pub async fn notify(
     conn: &mut AsyncPgConnection,
+    key: &ChannelKey,
     events: &[Event],
 ) -> Result<(), diesel::result::Error> {
     if events.is_empty() {
         return Ok(());
     }
-    let payloads =
-        pack(events).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    let payloads: Vec<String> = pack(events)
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?
+        .iter()
+        .map(|body| key.sign(body))
+        .collect();
     diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind::<Text, _>(CHANNEL)
         .bind::<Array<Text>, _>(payloads)
@@ -153,6 +162,34 @@ pub async fn notify(
         .execute(conn)
         .await
         .map(drop)
+}
+
+#[derive(diesel::QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    key: Vec<u8>,
+}
+
+/// The database's notification key, created with `candidate` if there is
+/// none yet. Two statements, so an instance that loses the race to create it
+/// reads the winner's.
+///
+/// # Errors
+/// The database's, or a stored key that is not 32 bytes.
+pub async fn load_key(
+    conn: &mut AsyncPgConnection,
+    candidate: &ChannelKey,
+) -> Result<ChannelKey, diesel::result::Error> {
+    diesel::sql_query("INSERT INTO notify_key (key) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+        .bind::<diesel::sql_types::Bytea, _>(&candidate.bytes()[..])
+        .execute(conn)
+        .await?;
+    let row: KeyRow = diesel::sql_query("SELECT key FROM notify_key")
+        .get_result(conn)
+        .await?;
+    ChannelKey::from_bytes(&row.key).ok_or_else(|| {
+        diesel::result::Error::DeserializationError("notify_key.key is not 32 bytes".into())
+    })
 }
 
 #[cfg(test)]
@@ -246,7 +283,9 @@ mod tests {
             .collect();
         let payloads = pack(&events).unwrap();
         assert!(payloads.len() > 1, "40 × ~700 bytes need several payloads");
-        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_LIMIT));
+        assert!(payloads
+            .iter()
+            .all(|p| p.len() <= BODY_LIMIT && ChannelKey::random().sign(p).len() <= PAYLOAD_LIMIT));
         let seqs: Vec<Seq> = payloads
             .iter()
             .flat_map(|p| unpack(p).unwrap())

@@ -41,6 +41,12 @@ struct Flag {
 }
 
 impl TestApp {
+    /// `body` signed with this database's notification key, as another
+    /// chatpool instance would send it on the channel.
+    pub fn signed_notification(&self, body: &str) -> String {
+        self.state.db().channel_key().sign(body)
+    }
+
     /// The pool's current status (`max_size`, `size`, `available`, `waiting`),
     /// to check what `connection_limit` became and that connections came back.
     pub fn pool_status(&self) -> deadpool::Status {

@@ -331,8 +331,9 @@ async fn a_notification_for_a_message_a_socket_already_has_is_not_delivered_twic
         );
 
         // Announce seq 2 again, as another instance's late notification would.
-        let payload =
-            json!({"t": "m", "room_id": room, "seq": 2, "message": replayed[1]}).to_string();
+        let payload = app.signed_notification(
+            &json!({"t": "m", "room_id": room, "seq": 2, "message": replayed[1]}).to_string(),
+        );
         let client = sql_client(&app.db.url, "chatpool-tests").await;
         client
             .execute("SELECT pg_notify('chatpool_events', $1)", &[&payload])
@@ -438,6 +439,73 @@ async fn with_the_token_cache_on_a_logout_and_a_role_change_apply_at_once_on_bot
             .await
             .expect_error(401, "unauthorized");
         api::get(&b, "/api/me", &other).await.expect(200);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_nor_revoke_a_token() {
+    bounded(async {
+        let app = AppOptions::default().spawn().await;
+        let alice = seed_user(&app, "alice", Role::Member).await;
+        let room = seed_room(&app, alice.id, &[]).await;
+        let mut ws = connect(&app, &alice.token).await;
+        ws.join(room, Some(0)).await;
+
+        // A login role with no privilege on chatpool's tables.
+        let role = format!("intruder_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        admin_exec(&format!("CREATE ROLE {role} LOGIN")).await;
+        let url = app
+            .db
+            .url
+            .replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
+        let intruder = sql_client(&url, "intruder").await;
+        assert!(
+            intruder
+                .query("SELECT key FROM notify_key", &[])
+                .await
+                .is_err(),
+            "the key is readable by others"
+        );
+        let forged_message = json!([{"t": "m", "room_id": room, "seq": 1, "message": {
+            "id": 999, "room_id": room, "seq": 1,
+            "author": {"id": alice.id, "username": "alice", "display_name": "alice"},
+            "body": "forged", "client_id": null, "created_at": "2026-11-22T10:00:00.123Z"
+        }}])
+        .to_string();
+        let forged_revocation = json!([{"t": "r", "token_id": alice.token_id}]).to_string();
+        let before = app.metric("chatpool_listener_forged_total").await;
+        for payload in [
+            forged_message.clone(),
+            forged_revocation.clone(),
+            format!("{}.{forged_message}", "0".repeat(64)),
+            format!("{}.{forged_revocation}", "ab".repeat(32)),
+        ] {
+            intruder
+                .execute("SELECT pg_notify('chatpool_events', $1)", &[&payload])
+                .await
+                .unwrap();
+        }
+        // Every one of them reached the listener and was dropped.
+        while app.metric("chatpool_listener_forged_total").await < before + 4.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // The real seq 1 is delivered, not taken for a duplicate of the fake.
+        let (ack, frames) = ws.send_message(room, "real", "c1").await;
+        assert_eq!(ack["message"]["seq"], 1);
+        assert!(
+            frames.iter().all(|f| f["message"]["body"] != "forged"),
+            "{frames:?}"
+        );
+        let copy = own_copy(&mut ws, frames).await;
+        assert_eq!(copy["body"], "real");
+        // The token still works, on this socket and on a new one.
+        assert!(ws.round_trip().await.is_empty());
+        let mut again = connect(&app, &alice.token).await;
+        assert!(again.round_trip().await.is_empty());
+        drop(intruder);
+        admin_exec(&format!("DROP ROLE {role}")).await;
     })
     .await;
 }
