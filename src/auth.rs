@@ -8,6 +8,7 @@
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -81,7 +82,8 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 /// Resolves a presented token to its user.
 ///
 /// # Errors
-/// `unauthorized` for an unknown or revoked token; database errors as such.
+/// `unauthorized` for an unknown, revoked or expired token (one issued more
+/// than `CHATPOOL_TOKEN_TTL` ago); database errors as such.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
     authenticate_user(state, token)
         .await
@@ -106,18 +108,29 @@ pub async fn authenticate_user(
         return Ok((AuthUser::of(&view, token_id), view));
     }
     let seen = cache.generation();
+    let ttl = state.settings().token_ttl;
+    let issued_after = issued_after(ttl);
     let found = state
         .db()
-        .run(move |c| async move { store::tokens::lookup(c, &hash).await }.boxed())
+        .run(move |c| async move { store::tokens::lookup(c, &hash, issued_after).await }.boxed())
         .await?;
     match found {
-        Some((token_id, stored, user)) if bool::from(stored.ct_eq(&hash)) => {
-            let view = user.view();
-            cache.insert(hash, token_id, view.clone(), seen);
-            Ok((AuthUser::of(&view, token_id), view))
+        Some(found) if bool::from(found.hash.ct_eq(&hash)) => {
+            let view = found.user.view();
+            let expires_in = (found.issued_at - issued_after)
+                .to_std()
+                .unwrap_or_default();
+            cache.insert(hash, found.id, view.clone(), expires_in, seen);
+            Ok((AuthUser::of(&view, found.id), view))
         }
         _ => Err(ApiError::Unauthorized),
     }
+}
+
+/// The oldest issue time of a token still valid under `ttl`
+/// (`CHATPOOL_TOKEN_TTL`, at most 100 years): now less `ttl`.
+pub fn issued_after(ttl: std::time::Duration) -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::days(36_500))
 }
 
 /// The token from `Authorization: Bearer TOKEN`, if present.

@@ -89,6 +89,9 @@ pub struct Settings {
     /// HTTP connections open at once, not counting upgraded WebSockets
     /// (`CHATPOOL_MAX_HTTP_CONNECTIONS`, default 1024).
     pub max_http_connections: usize,
+    /// How long a token stays valid after it was issued (`CHATPOOL_TOKEN_TTL`,
+    /// default 30 days).
+    pub token_ttl: Duration,
     /// Longest a request body may take to arrive, whatever its pace
     /// (`CHATPOOL_BODY_TIMEOUT_MS`, default 30 s); then 408.
     pub body_timeout: Duration,
@@ -157,6 +160,23 @@ impl Settings {
             .map(|v| parse_positive("CHATPOOL_MAX_HTTP_CONNECTIONS", &v))
             .transpose()?
             .unwrap_or(1024) as usize;
+        let token_ttl = get("CHATPOOL_TOKEN_TTL")
+            .map(|v| {
+                parse_duration(&v)
+                    .ok()
+                    .filter(|d| !d.is_zero() && *d <= MAX_TOKEN_TTL)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "CHATPOOL_TOKEN_TTL",
+                            format!(
+                                "must be a duration such as 12h, 90m or 5s, greater than 0 and \
+                                 at most 100 years, got {v:?}"
+                            ),
+                        )
+                    })
+            })
+            .transpose()?
+            .unwrap_or(Duration::from_secs(30 * 86_400));
         let body_timeout = get("CHATPOOL_BODY_TIMEOUT_MS")
             .map(|v| parse_millis("CHATPOOL_BODY_TIMEOUT_MS", &v))
             .transpose()?
@@ -220,6 +240,7 @@ impl Settings {
             data_dir,
             max_sockets,
             max_http_connections,
+            token_ttl,
             body_timeout,
             heartbeat,
             registration_open,
@@ -327,6 +348,9 @@ fn parse_positive(param: &str, value: &str) -> Result<u64, ConfigError> {
 fn parse_millis(param: &str, value: &str) -> Result<Duration, ConfigError> {
     parse_positive(param, value).map(Duration::from_millis)
 }
+
+/// Longest `CHATPOOL_TOKEN_TTL`: far beyond any use, short of overflowing a timestamp.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Longest `CHATPOOL_HEARTBEAT_MS`: an hour (a peer is dropped after three).
 const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);

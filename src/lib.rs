@@ -21,10 +21,12 @@
 //!   transaction, local publish after it), `hub` (fan-out of committed
 //!   events to sockets; knows events, not frames), `listener` (the one
 //!   `LISTEN` connection feeding the hub every instance's commits), `events`.
-//! - Who is calling: `auth` (bearer tokens), `passwords` (Argon2id off the
-//!   async workers), `ratelimit`.
+//! - Who is calling: `auth` (bearer tokens), `tokens` (the token cache),
+//!   `expiry` (expired tokens deleted and announced as revoked), `passwords`
+//!   (Argon2id off the async workers), `ratelimit`.
 //! - Data: `db` (the one pool; `Db::transaction` and `Db::run` are the only
-//!   ways in, with the wait limit, the time limit and the error codes; `db::migrations`),
+//!   ways in, with the wait limit, the time limit and the error codes;
+//!   `db::migrations`; `db::channel`: the key that signs notifications),
 //!   `store` (every query, one module per table group), `schema`, `domain`
 //!   (values parsed at the edge, the SPEC's objects), `ids` (id newtypes).
 //! - `embedded`: the private PostgreSQL cluster used without `DATABASE_URL`
@@ -41,6 +43,7 @@ mod domain;
 mod embedded;
 mod error;
 mod events;
+mod expiry;
 mod http;
 mod hub;
 mod ids;

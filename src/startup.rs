@@ -205,6 +205,7 @@ impl Application {
             state.settings().max_http_connections,
             close_http.clone(),
         ));
+        crate::expiry::spawn(&state);
         tracing::info!("listening on http://{addr}");
 
         tokio::select! {

@@ -30,7 +30,8 @@ pub type TokenHash = [u8; 32];
 struct Entry {
     token_id: TokenId,
     user: UserView,
-    at: Instant,
+    /// [`TTL`] after it was stored, or the token's expiry if sooner.
+    until: Instant,
 }
 
 /// The cache; shared through the hub.
@@ -49,7 +50,7 @@ impl TokenCache {
         }
         let entries = self.entries.lock().expect("token cache lock");
         let entry = entries.get(hash)?;
-        (entry.at.elapsed() < TTL).then(|| (entry.token_id, entry.user.clone()))
+        (Instant::now() < entry.until).then(|| (entry.token_id, entry.user.clone()))
     }
 
     /// Where invalidations stand; read before a database lookup and hand it
@@ -58,9 +59,17 @@ impl TokenCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Stores a lookup's answer, unless the cache is off or anything was
-    /// invalidated since `seen` (then the answer may predate it).
-    pub fn insert(&self, hash: TokenHash, token_id: TokenId, user: UserView, seen: u64) {
+    /// Stores a lookup's answer for at most [`TTL`], and no longer than
+    /// `expires_in` (the token's remaining life), unless the cache is off or
+    /// anything was invalidated since `seen` (then the answer may predate it).
+    pub fn insert(
+        &self,
+        hash: TokenHash,
+        token_id: TokenId,
+        user: UserView,
+        expires_in: Duration,
+        seen: u64,
+    ) {
         if !self.enabled.load(Ordering::Acquire) {
             return;
         }
@@ -72,8 +81,15 @@ impl TokenCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        let at = Instant::now();
-        entries.insert(hash, Entry { token_id, user, at });
+        let until = Instant::now() + TTL.min(expires_in);
+        entries.insert(
+            hash,
+            Entry {
+                token_id,
+                user,
+                until,
+            },
+        );
     }
 
     /// A token was revoked.
@@ -126,13 +142,13 @@ mod tests {
     fn answers_only_while_on_and_forgets_on_revocation_and_user_change() {
         let cache = TokenCache::default();
         let seen = cache.generation();
-        cache.insert([1; 32], TokenId(1), user(10), seen);
+        cache.insert([1; 32], TokenId(1), user(10), TTL, seen);
         assert!(cache.get(&[1; 32]).is_none(), "off: nothing stored");
         cache.set_enabled(true);
         let seen = cache.generation();
-        cache.insert([1; 32], TokenId(1), user(10), seen);
-        cache.insert([2; 32], TokenId(2), user(10), seen);
-        cache.insert([3; 32], TokenId(3), user(11), seen);
+        cache.insert([1; 32], TokenId(1), user(10), TTL, seen);
+        cache.insert([2; 32], TokenId(2), user(10), TTL, seen);
+        cache.insert([3; 32], TokenId(3), user(11), TTL, seen);
         assert_eq!(cache.get(&[1; 32]).map(|(t, _)| t), Some(TokenId(1)));
         cache.revoke(TokenId(1));
         assert!(cache.get(&[1; 32]).is_none());
@@ -145,12 +161,24 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_never_outlives_its_token() {
+        let cache = TokenCache::default();
+        cache.set_enabled(true);
+        let seen = cache.generation();
+        cache.insert([1; 32], TokenId(1), user(10), Duration::ZERO, seen);
+        assert!(
+            cache.get(&[1; 32]).is_none(),
+            "expired token answered from the cache"
+        );
+    }
+
+    #[test]
     fn a_lookup_that_raced_an_invalidation_is_not_stored() {
         let cache = TokenCache::default();
         cache.set_enabled(true);
         let seen = cache.generation();
         cache.revoke(TokenId(1)); // lands while the lookup reads the database
-        cache.insert([1; 32], TokenId(1), user(10), seen);
+        cache.insert([1; 32], TokenId(1), user(10), TTL, seen);
         assert!(cache.get(&[1; 32]).is_none());
     }
 }

@@ -163,6 +163,25 @@ fn durations_parse() {
 }
 
 #[test]
+fn token_ttl_is_a_duration_of_30_days_by_default() {
+    assert_eq!(
+        settings(&[]).unwrap().token_ttl,
+        Duration::from_secs(30 * 86_400)
+    );
+    for (raw, secs) in [("12h", 43_200), ("90m", 5_400), ("5s", 5)] {
+        let s = settings(&[("CHATPOOL_TOKEN_TTL", raw)]).unwrap();
+        assert_eq!(s.token_ttl, Duration::from_secs(secs), "{raw}");
+    }
+    for bad in ["0s", "forever", "-1h", "1000y"] {
+        let err = settings(&[("CHATPOOL_TOKEN_TTL", bad)]).unwrap_err();
+        assert!(
+            err.to_string().contains("CHATPOOL_TOKEN_TTL"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_heartbeat_over_an_hour_is_refused() {
     let err = settings(&[("CHATPOOL_HEARTBEAT_MS", "18446744073709551615")]).unwrap_err();
     assert!(err.to_string().contains("CHATPOOL_HEARTBEAT_MS"), "{err}");

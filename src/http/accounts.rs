@@ -142,15 +142,35 @@ pub async fn login(
     }))
 }
 
-/// `POST /api/auth/logout`: deletes the caller's token and closes its
+/// `POST /api/auth/logout` query.
+#[derive(Debug, Deserialize)]
+pub struct LogoutQuery {
+    /// `true`: every token of the caller, not only this one.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /api/auth/logout[?all=true]`: deletes the caller's token (with
+/// `all=true`, every token of the caller: every device) and closes their
 /// sockets on every instance.
 #[tracing::instrument(skip_all, fields(user_id = user.id.0))]
-pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
-    let token_id = user.token_id;
+pub async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<LogoutQuery>,
+) -> Result<StatusCode, ApiError> {
+    let (token_id, user_id, all) = (user.token_id, user.id, q.all);
     commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
         async move {
-            store::tokens::delete(conn, token_id).await?;
-            outbox.announce(Event::Revoked { token_id });
+            let revoked = if all {
+                store::tokens::delete_all_of(conn, user_id).await?
+            } else {
+                store::tokens::delete(conn, token_id).await?;
+                vec![token_id]
+            };
+            for token_id in revoked {
+                outbox.announce(Event::Revoked { token_id });
+            }
             Ok::<_, ApiError>(())
         }
         .boxed()

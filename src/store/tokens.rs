@@ -1,5 +1,6 @@
 //! `auth_tokens`: bearer tokens, stored only as SHA-256 hashes.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -24,23 +25,79 @@ pub async fn insert(
         .await
 }
 
-/// The token's id, stored hash and user for a token hash (an index lookup on
-/// the unique hash; the caller compares the returned hash in constant time).
+/// A token found by [`lookup`].
+pub struct Found {
+    /// The token's id.
+    pub id: TokenId,
+    /// The stored hash (the caller compares it in constant time).
+    pub hash: Vec<u8>,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// Its user.
+    pub user: UserRow,
+}
+
+/// The token with this hash, if it was issued after `issued_after` (older
+/// ones have expired): an index lookup on the unique hash.
 pub async fn lookup(
     conn: &mut AsyncPgConnection,
     hash: &[u8],
-) -> Result<Option<(TokenId, Vec<u8>, UserRow)>, Error> {
-    auth_tokens::table
+    issued_after: DateTime<Utc>,
+) -> Result<Option<Found>, Error> {
+    let row: Option<(TokenId, Vec<u8>, DateTime<Utc>, UserRow)> = auth_tokens::table
         .inner_join(users::table)
         .filter(auth_tokens::token_hash.eq(hash))
+        .filter(auth_tokens::created_at.gt(issued_after))
         .select((
             auth_tokens::id,
             auth_tokens::token_hash,
+            auth_tokens::created_at,
             UserRow::as_select(),
         ))
         .first(conn)
         .await
-        .optional()
+        .optional()?;
+    Ok(row.map(|(id, hash, issued_at, user)| Found {
+        id,
+        hash,
+        issued_at,
+        user,
+    }))
+}
+
+/// Deletes up to `limit` tokens issued at or before `issued_by` (expired)
+/// and returns their ids, oldest first (a range scan on `created_at`).
+pub async fn delete_expired(
+    conn: &mut AsyncPgConnection,
+    issued_by: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<TokenId>, Error> {
+    #[derive(QueryableByName)]
+    struct Deleted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: TokenId,
+    }
+    let rows: Vec<Deleted> = diesel::sql_query(
+        "DELETE FROM auth_tokens WHERE id IN ( \
+             SELECT id FROM auth_tokens WHERE created_at <= $1 ORDER BY created_at LIMIT $2 \
+         ) RETURNING id",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(issued_by)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Deletes every token of `user_id` ("log out everywhere"); their ids.
+pub async fn delete_all_of(
+    conn: &mut AsyncPgConnection,
+    user_id: UserId,
+) -> Result<Vec<TokenId>, Error> {
+    diesel::delete(auth_tokens::table.filter(auth_tokens::user_id.eq(user_id)))
+        .returning(auth_tokens::id)
+        .get_results(conn)
+        .await
 }
 
 /// Deletes a token; returns whether it existed.

@@ -11,6 +11,7 @@ mod http_messages;
 mod http_rooms;
 mod instances;
 mod shutdown;
+mod tokens;
 mod ws_access;
 mod ws_delivery;
 mod ws_limits;
