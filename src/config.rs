@@ -89,6 +89,11 @@ pub struct Settings {
     /// HTTP connections open at once, not counting upgraded WebSockets
     /// (`CHATPOOL_MAX_HTTP_CONNECTIONS`, default 1024).
     pub max_http_connections: usize,
+    /// The abuse limits (SPEC §6); `0` turns one off.
+    pub abuse: crate::limits::AbuseSettings,
+    /// Peers whose `X-Forwarded-For` names the client
+    /// (`CHATPOOL_TRUSTED_PROXIES`: addresses or CIDRs, comma-separated).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a token stays valid after it was issued (`CHATPOOL_TOKEN_TTL`,
     /// default 30 days).
     pub token_ttl: Duration,
@@ -160,6 +165,30 @@ impl Settings {
             .map(|v| parse_positive("CHATPOOL_MAX_HTTP_CONNECTIONS", &v))
             .transpose()?
             .unwrap_or(1024) as usize;
+        let limit = |name: &str, default: u32| -> Result<u32, ConfigError> {
+            get(name).map_or(Ok(default), |v| {
+                v.trim().parse::<u32>().map_err(|_| {
+                    ConfigError::new(
+                        name,
+                        format!("must be a whole number (0 turns the limit off), got {v:?}"),
+                    )
+                })
+            })
+        };
+        let defaults = crate::limits::AbuseSettings::default();
+        let abuse = crate::limits::AbuseSettings {
+            send_rate: limit("CHATPOOL_SEND_RATE", defaults.send_rate)?,
+            send_burst: limit("CHATPOOL_SEND_BURST", defaults.send_burst)?,
+            register_rate: limit("CHATPOOL_REGISTER_RATE", defaults.register_rate)?,
+            max_sockets_per_user: limit(
+                "CHATPOOL_MAX_SOCKETS_PER_USER",
+                defaults.max_sockets_per_user,
+            )?,
+        };
+        let trusted_proxies = get("CHATPOOL_TRUSTED_PROXIES")
+            .map(|v| parse_networks("CHATPOOL_TRUSTED_PROXIES", &v))
+            .transpose()?
+            .unwrap_or_default();
         let token_ttl = get("CHATPOOL_TOKEN_TTL")
             .map(|v| {
                 parse_duration(&v)
@@ -240,6 +269,8 @@ impl Settings {
             data_dir,
             max_sockets,
             max_http_connections,
+            abuse,
+            trusted_proxies,
             token_ttl,
             body_timeout,
             heartbeat,
@@ -347,6 +378,25 @@ fn parse_positive(param: &str, value: &str) -> Result<u64, ConfigError> {
 
 fn parse_millis(param: &str, value: &str) -> Result<Duration, ConfigError> {
     parse_positive(param, value).map(Duration::from_millis)
+}
+
+/// Comma-separated addresses (`10.0.0.5`, `::1`) or networks (`10.0.0.0/8`).
+fn parse_networks(param: &str, value: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        param,
+                        format!("expected addresses or CIDR networks, got {part:?}"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Longest `CHATPOOL_TOKEN_TTL`: far beyond any use, short of overflowing a timestamp.

@@ -42,6 +42,10 @@ pub enum ApiError {
     /// Too many attempts; try again after the given seconds.
     #[error("too many attempts, retry in {0} s")]
     RateLimited(u64),
+    /// A count limit reached (SPEC §6, e.g. rooms joined per socket): 429
+    /// `rate_limited`, with the message saying which.
+    #[error("{0}")]
+    LimitReached(String),
     /// Known path, wrong method (405, with `Allow`).
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -115,7 +119,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge => "too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::LimitReached(_) => "rate_limited",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::ServerBusy(_) => "server_busy",
@@ -134,7 +138,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ShuttingDown | ApiError::ServerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Db(DbError::Other(_)) | ApiError::Internal(_) => {
@@ -148,6 +152,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::LimitReached(_) => Some(5),
             ApiError::Db(DbError::Busy | DbError::Timeout) => Some(1),
             ApiError::Db(DbError::Unavailable(_) | DbError::Closed)
             | ApiError::ShuttingDown

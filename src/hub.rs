@@ -109,6 +109,8 @@ struct Inner {
     revoked: Mutex<VecDeque<(Instant, TokenId)>>,
     next_id: AtomicU64,
     admitted: AtomicUsize,
+    /// Admitted sessions per user (only users with at least one).
+    admitted_per_user: Mutex<HashMap<UserId, usize>>,
     registered: AtomicUsize,
     slow_closes: AtomicU64,
     high_water: AtomicUsize,
@@ -255,7 +257,12 @@ impl Hub {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(Admission { hub: self.clone() }),
+                Ok(_) => {
+                    return Some(Admission {
+                        hub: self.clone(),
+                        user: None,
+                    })
+                }
                 Err(seen) => current = seen,
             }
         }
@@ -371,11 +378,41 @@ impl Hub {
 /// until the session ends, so upgrades in progress count too.
 pub struct Admission {
     hub: Hub,
+    /// The user whose per-user slot this also holds, once claimed.
+    user: Option<UserId>,
+}
+
+impl Admission {
+    /// Also takes one of `max` slots of `user_id` (`CHATPOOL_MAX_SOCKETS_PER_USER`);
+    /// `false` when the user holds them all.
+    pub fn claim_user(&mut self, user_id: UserId, max: usize) -> bool {
+        debug_assert!(self.user.is_none(), "claimed twice");
+        let mut per_user = self.hub.inner.admitted_per_user.lock().expect("hub lock");
+        let held = per_user.entry(user_id).or_insert(0);
+        if *held >= max {
+            if *held == 0 {
+                per_user.remove(&user_id);
+            }
+            return false;
+        }
+        *held += 1;
+        self.user = Some(user_id);
+        true
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.hub.inner.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(user_id) = self.user {
+            let mut per_user = self.hub.inner.admitted_per_user.lock().expect("hub lock");
+            if let Some(held) = per_user.get_mut(&user_id) {
+                *held -= 1;
+                if *held == 0 {
+                    per_user.remove(&user_id);
+                }
+            }
+        }
     }
 }
 

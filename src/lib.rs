@@ -23,7 +23,8 @@
 //!   `LISTEN` connection feeding the hub every instance's commits), `events`.
 //! - Who is calling: `auth` (bearer tokens), `tokens` (the token cache),
 //!   `expiry` (expired tokens deleted and announced as revoked), `passwords`
-//!   (Argon2id off the async workers), `ratelimit`.
+//!   (Argon2id off the async workers), `ratelimit` (login failures),
+//!   `limits` (the abuse limits: send, register, room and socket rates).
 //! - Data: `db` (the one pool; `Db::transaction` and `Db::run` are the only
 //!   ways in, with the wait limit, the time limit and the error codes;
 //!   `db::migrations`; `db::channel`: the key that signs notifications),
@@ -47,6 +48,7 @@ mod expiry;
 mod http;
 mod hub;
 mod ids;
+mod limits;
 mod listener;
 mod manage;
 mod metrics;

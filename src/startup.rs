@@ -206,6 +206,7 @@ impl Application {
             close_http.clone(),
         ));
         crate::expiry::spawn(&state);
+        spawn_limits_pruner(&state);
         tracing::info!("listening on http://{addr}");
 
         tokio::select! {
@@ -258,4 +259,20 @@ impl Application {
             )),
         }
     }
+}
+
+/// Forgets refilled rate-limit buckets every [`crate::limits::PRUNE_EVERY`],
+/// on the shutdown tracker, until shutdown starts.
+fn spawn_limits_pruner(state: &AppState) {
+    let state = state.clone();
+    let tracker = state.shutdown().tracker().clone();
+    tracker.spawn(async move {
+        let stop = state.shutdown().token();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(crate::limits::PRUNE_EVERY) => state.limits().prune(),
+            }
+        }
+    });
 }

@@ -6,6 +6,7 @@ use crate::chat::{Committer, CommitterLimits};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::passwords::Passwords;
 use crate::ratelimit::LoginLimiter;
 use crate::shutdown::Shutdown;
@@ -25,6 +26,7 @@ struct Inner {
     committer: Committer,
     passwords: Passwords,
     login_limiter: LoginLimiter,
+    limits: Limits,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             settings.database.max_wait,
         );
         let committer = Committer::spawn(db.clone(), hub.clone(), limits);
+        let limits = Limits::new(&settings.abuse);
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -46,6 +49,7 @@ impl AppState {
                 committer,
                 passwords: Passwords::new(cores),
                 login_limiter: LoginLimiter::default(),
+                limits,
             }),
         }
     }
@@ -85,5 +89,10 @@ impl AppState {
     /// Failed-login counters of this instance (429 `rate_limited`).
     pub fn login_limiter(&self) -> &LoginLimiter {
         &self.inner.login_limiter
+    }
+
+    /// The abuse limits (SPEC §6).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 }

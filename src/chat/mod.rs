@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::domain::{AuthorView, ClientId, MessageBody, MessageView};
 use crate::error::ApiError;
 use crate::ids::RoomId;
+use crate::limits::Limits;
 use crate::store::sends::NewSend;
 
 pub use batch::{Committer, CommitterLimits};
@@ -33,17 +34,23 @@ pub struct Sent {
 /// pooled connection is held while sockets are written.
 ///
 /// # Errors
-/// `not_found` for a room the user may not see; `db_busy`, `db_timeout`,
+/// `rate_limited` past the author's send rate (`CHATPOOL_SEND_RATE`, HTTP and
+/// WebSocket together); `not_found` for a room the user may not see; `db_busy`, `db_timeout`,
 /// `db_unavailable` from the database; `shutting_down` once the committer
 /// has stopped. A failed send stored nothing and may be retried with the
 /// same `client_id`.
 pub async fn send_message(
     committer: &Committer,
+    limits: &Limits,
     author: AuthorView,
     room_id: RoomId,
     body: MessageBody,
     client_id: Option<ClientId>,
 ) -> Result<Sent, ApiError> {
+    limits
+        .send
+        .check(&author.id)
+        .map_err(ApiError::RateLimited)?;
     let (reply, answer) = oneshot::channel();
     let send = NewSend {
         room_id,

@@ -187,3 +187,35 @@ fn a_heartbeat_over_an_hour_is_refused() {
     assert!(err.to_string().contains("CHATPOOL_HEARTBEAT_MS"), "{err}");
     assert!(settings(&[("CHATPOOL_HEARTBEAT_MS", "3600000")]).is_ok());
 }
+
+#[test]
+fn abuse_limits_default_to_the_spec_and_zero_is_off() {
+    let s = settings(&[]).unwrap();
+    assert_eq!(s.abuse, crate::limits::AbuseSettings::default());
+    assert_eq!(
+        (
+            s.abuse.send_rate,
+            s.abuse.send_burst,
+            s.abuse.register_rate,
+            s.abuse.max_sockets_per_user
+        ),
+        (10, 30, 30, 20)
+    );
+    let s = settings(&[
+        ("CHATPOOL_SEND_RATE", "0"),
+        ("CHATPOOL_MAX_SOCKETS_PER_USER", "0"),
+    ])
+    .unwrap();
+    assert_eq!((s.abuse.send_rate, s.abuse.max_sockets_per_user), (0, 0));
+    let err = settings(&[("CHATPOOL_SEND_BURST", "-1")]).unwrap_err();
+    assert!(err.to_string().contains("CHATPOOL_SEND_BURST"), "{err}");
+}
+
+#[test]
+fn trusted_proxies_are_addresses_or_networks() {
+    let s = settings(&[("CHATPOOL_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")]).unwrap();
+    let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+    assert!(settings(&[("CHATPOOL_TRUSTED_PROXIES", "10.0.0.0/33")]).is_err());
+    assert!(settings(&[("CHATPOOL_TRUSTED_PROXIES", "proxy.local")]).is_err());
+}

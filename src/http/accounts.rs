@@ -44,13 +44,23 @@ pub struct TokenResponse {
 
 /// `POST /api/auth/register`: creates a member and logs them in (201).
 ///
-/// Nothing the client typed is logged: only the new user's id.
+/// At most `CHATPOOL_REGISTER_RATE` per client address per minute (429
+/// past it, before any work). Nothing the client typed is logged: only the
+/// new user's id.
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !state.settings().registration_open {
         return Err(ApiError::Forbidden("registration is closed".into()));
+    }
+    if let Some(addr) = addr {
+        state
+            .limits()
+            .register
+            .check(&addr)
+            .map_err(ApiError::RateLimited)?;
     }
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;

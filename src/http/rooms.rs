@@ -16,7 +16,7 @@ use super::{Json, Query};
 use crate::announce::commit_and_announce;
 use crate::auth::AuthUser;
 use crate::chat;
-use crate::domain::{ClientId, MessageBody, MessageView, RoomName, RoomView};
+use crate::domain::{ClientId, MessageBody, MessageView, Role, RoomName, RoomView};
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::ids::{RoomId, Seq, UserId};
@@ -48,6 +48,14 @@ pub async fn create(
     Json(body): Json<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = RoomName::parse(&body.name)?;
+    // Members are limited; agents and admins (a CRM integration) are not.
+    if user.role == Role::Member {
+        state
+            .limits()
+            .rooms
+            .check(&user.id)
+            .map_err(ApiError::RateLimited)?;
+    }
     let mut member_ids = body.member_ids;
     member_ids.sort_unstable();
     member_ids.dedup();
@@ -294,8 +302,15 @@ pub async fn send(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = MessageBody::parse(&req.body)?;
     let client_id = req.client_id.as_deref().map(ClientId::parse).transpose()?;
-    let sent =
-        chat::send_message(state.committer(), user.author(), room_id, body, client_id).await?;
+    let sent = chat::send_message(
+        state.committer(),
+        state.limits(),
+        user.author(),
+        room_id,
+        body,
+        client_id,
+    )
+    .await?;
     let status = if sent.created {
         StatusCode::CREATED
     } else {

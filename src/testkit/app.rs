@@ -37,6 +37,14 @@ pub struct TestApp {
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The SPEC §6 limits a [`TestApp`] turns off unless told otherwise
+/// ([`AppOptions::env`]; [`AppOptions::with_default_limits`] keeps the SPEC's defaults).
+pub const ABUSE_LIMITS: [&str; 3] = [
+    "CHATPOOL_SEND_RATE",
+    "CHATPOOL_REGISTER_RATE",
+    "CHATPOOL_MAX_SOCKETS_PER_USER",
+];
+
 /// Builder for [`TestApp`]: environment overrides, `DATABASE_URL` parameters,
 /// a shared database or a PostgreSQL role of its own.
 #[derive(Default)]
@@ -51,6 +59,19 @@ impl AppOptions {
     /// Sets an environment variable as the server would read it.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    /// Keeps the SPEC's default abuse limits instead of turning them off.
+    pub fn with_default_limits(mut self) -> Self {
+        let defaults = crate::limits::AbuseSettings::default();
+        for (name, value) in ABUSE_LIMITS.iter().zip([
+            defaults.send_rate,
+            defaults.register_rate,
+            defaults.max_sockets_per_user,
+        ]) {
+            self.env.entry((*name).into()).or_insert(value.to_string());
+        }
         self
     }
 
@@ -89,6 +110,11 @@ impl AppOptions {
         env.insert("DATABASE_URL".into(), url);
         env.entry("CHATPOOL_LISTEN".into())
             .or_insert_with(|| "127.0.0.1:0".into());
+        // The abuse limits are off unless a test sets them: tests and benches
+        // are trusted clients that send as fast as they can (SPEC §6: `0`).
+        for limit in ABUSE_LIMITS {
+            env.entry(limit.into()).or_insert_with(|| "0".into());
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -165,6 +165,7 @@ impl DirectSender {
         let client_id = ClientId::parse(client_id).expect("a valid client id");
         crate::chat::send_message(
             self.state.committer(),
+            self.state.limits(),
             self.user.author(),
             RoomId(room),
             body,

@@ -3,7 +3,8 @@
 //! with one of the codes of [`close`].
 //!
 //! Everything that can be refused is refused before the 101: a missing or bad
-//! token (401), a request that is not a WebSocket handshake (400), a full
+//! token (401), a request that is not a WebSocket handshake (400), a user
+//! holding `CHATPOOL_MAX_SOCKETS_PER_USER` sessions already (429), a full
 //! house or a server shutting down (503). The upgraded connection is handed to
 //! tokio-tungstenite directly with a small-memory [`socket_config`].
 
@@ -69,6 +70,15 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
+    let mut admission = admission;
+    if let Some(max) = state.limits().sockets_per_user {
+        if !admission.claim_user(user.id, max) {
+            return ApiError::LimitReached(format!(
+                "at most {max} WebSocket sessions per user; close one first"
+            ))
+            .into_response();
+        }
+    }
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::BadRequest("this connection cannot be upgraded".into()).into_response();
     };

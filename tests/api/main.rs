@@ -10,6 +10,7 @@ mod http_admin;
 mod http_messages;
 mod http_rooms;
 mod instances;
+mod limits;
 mod shutdown;
 mod tokens;
 mod ws_access;

@@ -23,6 +23,7 @@ use crate::domain::UserView;
 use crate::error::ApiError;
 use crate::hub::{Delivery, Registration};
 use crate::ids::RoomId;
+use crate::limits::MAX_ROOMS_PER_SOCKET;
 use crate::ws::close::Close;
 use crate::ws::cursor::{RoomCursor, GAP_WAIT};
 use crate::ws::protocol::{self, Command, ServerFrame};
@@ -121,6 +122,13 @@ impl Conversation {
             }
             Command::Typing { room_id } => self.on_typing(reference.as_deref(), room_id, now),
             Command::Join { room_id, after_seq } => {
+                if !self.rooms.contains_key(&room_id) && self.rooms.len() >= MAX_ROOMS_PER_SOCKET {
+                    let error = ApiError::LimitReached(format!(
+                        "at most {MAX_ROOMS_PER_SOCKET} rooms joined per socket; leave one first"
+                    ));
+                    self.push(ServerFrame::error(&error, reference.as_deref(), None));
+                    return None;
+                }
                 self.epoch += 1;
                 // Subscribe before reading the backlog: whatever commits after
                 // the read is then sure to arrive live (held by the cursor).

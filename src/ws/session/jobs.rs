@@ -180,6 +180,7 @@ impl Jobs {
                     let key = client_id.as_str().to_owned();
                     let result = chat::send_message(
                         state.committer(),
+                        state.limits(),
                         user.author(),
                         room_id,
                         body,
