@@ -11,6 +11,7 @@ mod http_messages;
 mod http_rooms;
 mod instances;
 mod limits;
+mod seeds;
 mod shutdown;
 mod tokens;
 mod ws_access;
