@@ -352,6 +352,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_parser_answers_any_string_by_its_rule(raw in proptest::prelude::any::<String>()) {
+            let chars = raw.chars().count();
+            let no_nul = !raw.contains('\0');
+            proptest::prop_assert_eq!(
+                MessageBody::parse(&raw).is_ok(),
+                no_nul && !raw.trim().is_empty() && chars <= 4000
+            );
+            proptest::prop_assert_eq!(
+                ClientId::parse(&raw).is_ok(),
+                no_nul && (1..=64).contains(&chars)
+            );
+            let trimmed = raw.trim().chars().count();
+            proptest::prop_assert_eq!(
+                RoomName::parse(&raw).is_ok(),
+                no_nul && (1..=100).contains(&trimmed)
+            );
+            proptest::prop_assert_eq!(
+                DisplayName::parse(&raw).is_ok(),
+                no_nul && (1..=64).contains(&trimmed)
+            );
+            let _ = (Username::parse(&raw), Password::parse(&raw), Role::parse(&raw));
+        }
+    }
+
     #[test]
     fn stored_text_refuses_nul() {
         assert!(DisplayName::parse("a\0b").is_err());

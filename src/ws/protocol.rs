@@ -289,6 +289,104 @@ pub fn typing_frame(typing: &Typing) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A JSON value of any shape, a few levels deep.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A frame that looks like a client's: a known or unknown type, and the
+    /// protocol's fields with values of any shape.
+    fn any_frame() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop_oneof![
+                Just("send".to_owned()),
+                Just("join".to_owned()),
+                Just("leave".to_owned()),
+                Just("typing".to_owned()),
+                Just("ping".to_owned()),
+                any::<String>(),
+            ],
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("room_id".to_owned()),
+                    Just("body".to_owned()),
+                    Just("client_id".to_owned()),
+                    Just("after_seq".to_owned()),
+                    Just("ref".to_owned()),
+                    "[a-z]{1,8}",
+                ],
+                any_json(),
+                0..6,
+            ),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    fields.into_iter().collect();
+                object.insert("type".into(), kind.into());
+                serde_json::Value::Object(object)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_command_or_a_bad_request(text in any::<String>()) {
+            if let Err(rejected) = parse(&text).command {
+                prop_assert_eq!(rejected.error.code(), "bad_request");
+            }
+        }
+
+        #[test]
+        fn any_frame_shape_is_a_command_or_a_bad_request(frame in any_frame()) {
+            let incoming = parse(&frame.to_string());
+            match incoming.command {
+                Err(rejected) => prop_assert_eq!(rejected.error.code(), "bad_request"),
+                Ok(Command::Send { body, client_id, .. }) => {
+                    // Accepted only what the SPEC allows, and stored as sent.
+                    prop_assert_eq!(Some(body.as_str()), frame["body"].as_str());
+                    prop_assert_eq!(Some(client_id.as_str()), frame["client_id"].as_str());
+                    prop_assert!(!body.as_str().contains('\0'));
+                }
+                Ok(_) => {}
+            }
+            if let Some(r) = frame.get("ref").and_then(|r| r.as_str()) {
+                prop_assert_eq!(incoming.reference.as_deref(), Some(r));
+            }
+        }
+
+        #[test]
+        fn a_valid_send_keeps_its_body_exactly(
+            body in "[^\u{0}]{0,300}[^\\s\u{0}][^\u{0}]{0,300}",
+            client_id in "[^\u{0}]{1,64}",
+            room_id in any::<i64>(),
+        ) {
+            let frame = serde_json::json!({
+                "type": "send", "room_id": room_id, "body": body, "client_id": client_id
+            });
+            match parse(&frame.to_string()).command {
+                Ok(Command::Send { body: got, client_id: id, room_id: room }) => {
+                    prop_assert_eq!(got.as_str(), body.as_str());
+                    prop_assert_eq!(id.as_str(), client_id.as_str());
+                    prop_assert_eq!(room.0, room_id);
+                }
+                other => prop_assert!(false, "refused: {:?}", other),
+            }
+        }
+    }
 
     fn code(incoming: &Incoming) -> &'static str {
         incoming.command.as_ref().unwrap_err().error.code()
