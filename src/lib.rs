@@ -32,7 +32,8 @@
 //!   (values parsed at the edge, the SPEC's objects), `ids` (id newtypes).
 //! - `embedded`: the private PostgreSQL cluster used without `DATABASE_URL`
 //!   (discovery, runner, data directory, init, adopt, server, log tail).
-//! - `metrics` (names and the recorder), `telemetry` (logging).
+//! - `metrics` (names and the recorder), `telemetry` (logging), `faults`
+//!   (a panic hook that only test builds arm).
 
 mod announce;
 mod auth;
@@ -45,6 +46,7 @@ mod embedded;
 mod error;
 mod events;
 mod expiry;
+mod faults;
 mod http;
 mod hub;
 mod ids;

@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::routing::{delete, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -66,8 +67,20 @@ pub fn router(state: AppState) -> Router {
             server::drain_gate,
         ))
         .layer(middleware::from_fn(count_requests))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// A handler that panicked: 500 `internal` in the SPEC's shape (the panic
+/// itself is logged); the connection, the pool and every other request go on.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -301,6 +301,7 @@ pub async fn send(
     Json(req): Json<SendRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = MessageBody::parse(&req.body)?;
+    crate::faults::maybe_panic(body.as_str());
     let client_id = req.client_id.as_deref().map(ClientId::parse).transpose()?;
     let sent = chat::send_message(
         state.committer(),

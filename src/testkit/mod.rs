@@ -37,6 +37,8 @@ use std::time::Duration;
 
 /// A user's role, as seeding and role changes take it.
 pub use crate::domain::Role;
+/// A message body that makes the send path panic in test builds (`faults`).
+pub use crate::faults::PANIC_BODY;
 pub use app::{spawn_app, AppOptions, BinaryServer, TestApp};
 pub use cluster::{cluster, Cluster, ClusterOptions, TestDatabase};
 

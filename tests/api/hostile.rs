@@ -7,7 +7,7 @@ use chatpool::testkit::api::{create_room, get, id_of, post, register, register_r
 use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::{seed_room, seed_user};
 use chatpool::testkit::ws::*;
-use chatpool::testkit::{bounded, cluster, spawn_app, AppOptions, BinaryServer, Role};
+use chatpool::testkit::{bounded, cluster, spawn_app, AppOptions, BinaryServer, Role, PANIC_BODY};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -317,4 +317,47 @@ async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut reply)).await;
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_one_handler_or_session_answers_500_or_1011_and_the_rest_keeps_serving() {
+    bounded(async {
+        let app = AppOptions::default()
+            .url_param("connection_limit", 3)
+            .spawn()
+            .await;
+        let ann = register(&app, "ann").await;
+        let room = id_of(&create_room(&app, &ann.token, "general", &[]).await);
+        let path = format!("/api/rooms/{room}/messages");
+        let mut bystander = connect(&app, &ann.token).await;
+        bystander.join(room, None).await;
+        for _ in 0..5 {
+            post(&app, &path, &ann.token, json!({"body": PANIC_BODY}))
+                .await
+                .expect_error(500, "internal");
+        }
+        let mut victim = connect(&app, &ann.token).await;
+        victim.join(room, None).await;
+        victim
+            .send_json(
+                json!({"type": "send", "room_id": room, "body": PANIC_BODY, "client_id": "p1"}),
+            )
+            .await;
+        victim.expect_close(1011).await;
+        // Everything else still works, the pool (3 connections) included.
+        for i in 0..10 {
+            post(
+                &app,
+                &path,
+                &ann.token,
+                json!({"body": format!("after {i}")}),
+            )
+            .await
+            .expect(201);
+        }
+        let (ack, _) = bystander.send_message(room, "still here", "b1").await;
+        assert_eq!(ack["message"]["seq"], 11);
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    })
+    .await;
 }

@@ -146,12 +146,13 @@ impl Conversation {
                 body,
                 client_id,
             } => {
+                crate::faults::maybe_panic(body.as_str());
                 return Some(Job::Send {
                     reference,
                     room_id,
                     body,
                     client_id,
-                })
+                });
             }
         }
         None

@@ -284,8 +284,20 @@ where
         self.liveness.last_heard = now;
         match message {
             Message::Text(text) => {
-                if let Some(job) = self.conv.on_text(text.as_str(), now) {
-                    self.jobs.start(job);
+                // A bug in one frame's handling closes this socket with 1011
+                // (the conversation may be half-updated); the process and the
+                // other sockets go on.
+                let conv = &mut self.conv;
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    conv.on_text(text.as_str(), now)
+                }));
+                match handled {
+                    Ok(Some(job)) => self.jobs.start(job),
+                    Ok(None) => {}
+                    Err(_) => {
+                        tracing::error!("a client frame's handling panicked; closing with 1011");
+                        return Err(End::Close(Close::Internal));
+                    }
                 }
                 Ok(())
             }
