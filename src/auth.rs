@@ -8,7 +8,8 @@
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use chrono::{DateTime, Utc};
+use std::time::Duration;
+
 use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -109,28 +110,19 @@ pub async fn authenticate_user(
     }
     let seen = cache.generation();
     let ttl = state.settings().token_ttl;
-    let issued_after = issued_after(ttl);
     let found = state
         .db()
-        .run(move |c| async move { store::tokens::lookup(c, &hash, issued_after).await }.boxed())
+        .run(move |c| async move { store::tokens::lookup(c, &hash, ttl).await }.boxed())
         .await?;
     match found {
         Some(found) if bool::from(found.hash.ct_eq(&hash)) => {
             let view = found.user.view();
-            let expires_in = (found.issued_at - issued_after)
-                .to_std()
-                .unwrap_or_default();
+            let expires_in = Duration::try_from_secs_f64(found.seconds_left).unwrap_or_default();
             cache.insert(hash, found.id, view.clone(), expires_in, seen);
             Ok((AuthUser::of(&view, found.id), view))
         }
         _ => Err(ApiError::Unauthorized),
     }
-}
-
-/// The oldest issue time of a token still valid under `ttl`
-/// (`CHATPOOL_TOKEN_TTL`, at most 100 years): now less `ttl`.
-pub fn issued_after(ttl: std::time::Duration) -> DateTime<Utc> {
-    Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::days(36_500))
 }
 
 /// The token from `Authorization: Bearer TOKEN`, if present.

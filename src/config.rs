@@ -436,13 +436,22 @@ fn parse_seconds(param: &str, value: &str) -> Result<Duration, ConfigError> {
 }
 
 /// Parses durations such as `10m`, `90s`, `1h`, `500ms`, `1d` or `1h 30m`
-/// (humantime's syntax; used by `db reap --idle-for`). A value too large to
+/// (humantime's syntax), or a bare number of seconds (used by
+/// `db reap --idle-for` and `CHATPOOL_TOKEN_TTL`). A value too large to
 /// represent is an error, never a wrapped-around smaller one.
 ///
 /// # Errors
 /// A message saying what is accepted.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim())
+    let value = value.trim();
+    // A bare number is seconds, as it always was.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{value:?} is too many seconds"));
+    }
+    humantime::parse_duration(value)
         .map_err(|e| format!("expected a duration like 10m, 90s or 1h, got {value:?}: {e}"))
 }
 

@@ -2,8 +2,8 @@
 //! `CHATPOOL_TOKEN_TTL` after it was issued, and a background job deletes the
 //! expired ones.
 //!
-//! Authentication already refuses an expired token (401; see
-//! [`crate::auth::issued_after`]); this job removes the rows, so tokens do not
+//! Authentication already refuses an expired token (401; by the database's
+//! clock, see [`crate::store::tokens::lookup`]); this job removes the rows, so tokens do not
 //! pile up, and announces each as revoked, so the sockets still holding one
 //! close with 1008 on every instance and the token caches forget it. It runs
 //! every [`period`] (30 s, or half the TTL when that is shorter), through the
@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use crate::announce::commit_and_announce;
-use crate::auth::issued_after;
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::state::AppState;
@@ -24,6 +23,9 @@ use crate::store;
 
 /// Tokens deleted per transaction.
 pub const BATCH: i64 = 500;
+
+/// Pause between two batches of a backlog.
+const BATCH_PAUSE: Duration = Duration::from_millis(100);
 
 /// How often the job runs for `ttl`: 30 s, or half the TTL when shorter, and
 /// at least once a second.
@@ -43,7 +45,7 @@ pub fn spawn(state: &AppState) {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            match sweep(&state).await {
+            match sweep(&state, &stop).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tokens = n, "expired tokens deleted"),
                 Err(e) => {
@@ -54,19 +56,22 @@ pub fn spawn(state: &AppState) {
     });
 }
 
-/// Deletes every expired token, in batches, announcing each as revoked;
+/// Deletes every expired token, in batches (a short pause between them, and
+/// none started once `stop` is cancelled), announcing each as revoked;
 /// returns how many.
 ///
 /// # Errors
 /// A batch's database failure (the batches before it stay done).
-pub async fn sweep(state: &AppState) -> Result<usize, ApiError> {
+pub async fn sweep(
+    state: &AppState,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<usize, ApiError> {
     let ttl = state.settings().token_ttl;
     let mut total = 0;
     loop {
-        let before = issued_after(ttl);
         let deleted = commit_and_announce(state.db(), state.hub(), move |conn, outbox| {
             async move {
-                let ids = store::tokens::delete_expired(conn, before, BATCH).await?;
+                let ids = store::tokens::delete_expired(conn, ttl, BATCH).await?;
                 for token_id in &ids {
                     outbox.announce(Event::Revoked {
                         token_id: *token_id,
@@ -80,6 +85,12 @@ pub async fn sweep(state: &AppState) -> Result<usize, ApiError> {
         total += deleted;
         if (deleted as i64) < BATCH {
             return Ok(total);
+        }
+        // A backlog (a first deploy) goes out in steps, leaving the pool and
+        // the token caches room in between, and yields to shutdown.
+        tokio::select! {
+            () = stop.cancelled() => return Ok(total),
+            () = tokio::time::sleep(BATCH_PAUSE) => {}
         }
     }
 }

@@ -155,6 +155,7 @@ fn durations_parse() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
     assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("600"), Ok(Duration::from_secs(600)));
     assert!(parse_duration("ten").is_err());
     assert!(parse_duration("5 parsecs").is_err());
     // Too large to represent: refused, not wrapped to something small.

@@ -42,11 +42,14 @@ impl PoolSettings {
     /// bounded by the server too; and an `idle_in_transaction_session_timeout`
     /// backstop, so the server ends a transaction a client abandoned even if
     /// chatpool could not; and `plan_cache_mode=force_generic_plan`, so a
-    /// cached statement is planned once per connection. Every statement
-    /// chatpool runs is an index lookup whose plan does not depend on its
-    /// values, but PostgreSQL's default kept re-planning the history page on
-    /// every execution (it prices a `LIMIT $n` generic plan at a tenth of the
-    /// table), which cost more than running it (docs/benchmarks.md).
+    /// cached statement is planned once per connection. chatpool's statements
+    /// are index lookups whose plan does not depend on their values, but
+    /// PostgreSQL's default kept re-planning the history page on every
+    /// execution (it prices a `LIMIT $n` generic plan at a tenth of the
+    /// table), which cost more than running it (docs/benchmarks.md). The one
+    /// exception, the username prefix search (`LIKE $1` becomes an index
+    /// range only for a known pattern), asks for custom plans itself
+    /// (`store::users::custom_plans`).
     pub fn session_config(&self) -> tokio_postgres::Config {
         let mut cfg = self.driver.clone();
         let backstop = (self.tx_timeout * 2).max(Duration::from_secs(10));

@@ -234,7 +234,13 @@ pub async fn users(
     }
     let users = state
         .db()
-        .run(move |c| async move { store::users::with_prefix(c, &prefix, limit).await }.boxed())
+        .transaction(move |c| {
+            async move {
+                store::users::custom_plans(c).await?;
+                Ok::<_, ApiError>(store::users::with_prefix(c, &prefix, limit).await?)
+            }
+            .boxed()
+        })
         .await?;
     Ok(Json(UsersResponse {
         users: users.iter().map(|u| u.view()).collect(),

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -121,13 +121,17 @@ fn busy_response() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers a connection past the cap with 503 `server_busy` and closes it,
-/// without reading its request (bounded, so a peer that never reads cannot
-/// hold it).
+/// Answers a connection past the cap with 503 `server_busy` and closes it
+/// (bounded, so a peer that never reads cannot hold it). What the peer sent
+/// is read and dropped for a moment first: closing a socket with unread
+/// input resets it, and the peer might lose the answer.
 async fn refuse_busy(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&busy_response()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
     })
     .await;
 }

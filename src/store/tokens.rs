@@ -1,8 +1,11 @@
 //! `auth_tokens`: bearer tokens, stored only as SHA-256 hashes.
 
-use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::result::Error;
+use diesel::sql_types::{Bool, Double};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::users::UserRow;
@@ -31,45 +34,53 @@ pub struct Found {
     pub id: TokenId,
     /// The stored hash (the caller compares it in constant time).
     pub hash: Vec<u8>,
-    /// When it was issued.
-    pub issued_at: DateTime<Utc>,
+    /// Seconds it has left before it expires, by the database's clock.
+    pub seconds_left: f64,
     /// Its user.
     pub user: UserRow,
 }
 
-/// The token with this hash, if it was issued after `issued_after` (older
-/// ones have expired): an index lookup on the unique hash.
+/// The token with this hash, unless it was issued `ttl` or longer ago (it
+/// expired): an index lookup on the unique hash. Expiry is decided by the
+/// database's clock, the one that stamped `created_at`.
 pub async fn lookup(
     conn: &mut AsyncPgConnection,
     hash: &[u8],
-    issued_after: DateTime<Utc>,
+    ttl: Duration,
 ) -> Result<Option<Found>, Error> {
-    let row: Option<(TokenId, Vec<u8>, DateTime<Utc>, UserRow)> = auth_tokens::table
+    let ttl = ttl.as_secs_f64();
+    let row: Option<(TokenId, Vec<u8>, f64, UserRow)> = auth_tokens::table
         .inner_join(users::table)
         .filter(auth_tokens::token_hash.eq(hash))
-        .filter(auth_tokens::created_at.gt(issued_after))
+        .filter(
+            sql::<Bool>("auth_tokens.created_at > now() - make_interval(secs => ")
+                .bind::<Double, _>(ttl)
+                .sql(")"),
+        )
         .select((
             auth_tokens::id,
             auth_tokens::token_hash,
-            auth_tokens::created_at,
+            sql::<Double>("extract(epoch FROM auth_tokens.created_at - now())::float8 + ")
+                .bind::<Double, _>(ttl),
             UserRow::as_select(),
         ))
         .first(conn)
         .await
         .optional()?;
-    Ok(row.map(|(id, hash, issued_at, user)| Found {
+    Ok(row.map(|(id, hash, seconds_left, user)| Found {
         id,
         hash,
-        issued_at,
+        seconds_left,
         user,
     }))
 }
 
-/// Deletes up to `limit` tokens issued at or before `issued_by` (expired)
-/// and returns their ids, oldest first (a range scan on `created_at`).
+/// Deletes up to `limit` tokens issued `ttl` or longer ago (expired, by the
+/// database's clock) and returns their ids, oldest first (a range scan on
+/// `created_at`).
 pub async fn delete_expired(
     conn: &mut AsyncPgConnection,
-    issued_by: DateTime<Utc>,
+    ttl: Duration,
     limit: i64,
 ) -> Result<Vec<TokenId>, Error> {
     #[derive(QueryableByName)]
@@ -79,10 +90,11 @@ pub async fn delete_expired(
     }
     let rows: Vec<Deleted> = diesel::sql_query(
         "DELETE FROM auth_tokens WHERE id IN ( \
-             SELECT id FROM auth_tokens WHERE created_at <= $1 ORDER BY created_at LIMIT $2 \
+             SELECT id FROM auth_tokens WHERE created_at <= now() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT $2 \
          ) RETURNING id",
     )
-    .bind::<diesel::sql_types::Timestamptz, _>(issued_by)
+    .bind::<Double, _>(ttl.as_secs_f64())
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(conn)
     .await?;

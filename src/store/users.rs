@@ -114,7 +114,9 @@ pub async fn by_id(conn: &mut AsyncPgConnection, id: UserId) -> Result<Option<Us
         .optional()
 }
 
-/// Users whose username starts with `prefix`, by username (an index range scan).
+/// Users whose username starts with `prefix`, by username (an index range
+/// scan). Run it under [`custom_plans`]: a generic plan of `LIKE $1` cannot
+/// use the index (PostgreSQL turns only a known pattern into a range).
 pub async fn with_prefix(
     conn: &mut AsyncPgConnection,
     prefix: &str,
@@ -134,6 +136,15 @@ pub async fn with_prefix(
         .select(UserRow::as_select())
         .load(conn)
         .await
+}
+
+/// Plans the rest of this transaction's statements for their parameters'
+/// values (chatpool's sessions otherwise use generic plans, db::pool).
+pub async fn custom_plans(conn: &mut AsyncPgConnection) -> Result<(), Error> {
+    diesel::sql_query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Users with id above `after_id`, by id (keyset pagination).

@@ -447,3 +447,63 @@ async fn a_burst_of_50_parallel_logins_completes_while_healthz_answers_quickly()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prefix_search_is_an_index_range_under_the_plans_it_runs_with() {
+    bounded(async {
+        let app = spawn_app().await;
+        let client = sql_client(&app.db.url, "tests").await;
+        client
+            .batch_execute(
+                "INSERT INTO users (username, display_name, password_hash) \
+                 SELECT 'user' || g, 'U', 'x' FROM generate_series(1, 20000) g; ANALYZE users; \
+                 SET plan_cache_mode = force_custom_plan; \
+                 PREPARE by_prefix(text, bigint) AS SELECT id FROM users \
+                 WHERE username LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2",
+            )
+            .await
+            .unwrap();
+        let plan: Vec<String> = client
+            .simple_query("EXPLAIN EXECUTE by_prefix('user123%', 20)")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("Index Cond")
+                && l.contains("username")
+                && l.contains("user123")),
+            "{plan:#?}"
+        );
+        let names = usernames(
+            &get(
+                &app,
+                "/api/users?prefix=user1234&limit=100",
+                &register(&app, "reader").await.token,
+            )
+            .await
+            .expect(200),
+        );
+        assert_eq!(
+            names,
+            [
+                "user1234",
+                "user12340",
+                "user12341",
+                "user12342",
+                "user12343",
+                "user12344",
+                "user12345",
+                "user12346",
+                "user12347",
+                "user12348",
+                "user12349"
+            ]
+        );
+    })
+    .await;
+}
