@@ -73,37 +73,71 @@ pub(super) fn check_socket_path(pgdata: &Path) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
-/// Gives the unprivileged user the data directory itself and everything of
-/// the cluster in it (only chatpool's own entries, so a data directory that
-/// holds other files does not have them re-owned).
-pub(super) fn chown_cluster_files(data_dir: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
-    chown_one(data_dir, user)?;
-    for name in ["postgres", INIT_TMP_DIR, "postgres.log"] {
-        let path = data_dir.join(name);
-        if path.symlink_metadata().is_ok() {
-            chown_recursive(&path, user)?;
-        }
-    }
-    Ok(())
-}
+/// What chatpool keeps in a data directory; anything else is someone else's.
+const OWN_ENTRIES: [&str; 4] = [
+    "postgres",
+    INIT_TMP_DIR,
+    "postgres.log",
+    super::adopt::OWNER_FILE,
+];
 
-fn chown_recursive(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
-    let meta = chown_one(path, user)?;
-    if meta.is_dir() {
-        let entries = fs::read_dir(path).map_err(|error| EmbeddedError::Io {
+/// As root, gives the unprivileged server user the data directory (it must
+/// write `postgres.log` and the cluster there), but only a directory that is
+/// chatpool's: already the user's, or holding nothing but chatpool's own
+/// entries. A directory with other content (`CHATPOOL_DATA_DIR=/var/lib`)
+/// is refused rather than handed over. Nothing below it is re-owned: the
+/// cluster's files are the user's because its programs made them, and a
+/// cluster owned by anyone else is refused (walking a tree the user can
+/// change while root chowns it would let the user redirect the chown).
+pub(super) fn hand_over(data_dir: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |path: &Path, reason: String| EmbeddedError::DataDir {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read = fs::read_dir(data_dir).map_err(|error| EmbeddedError::Io {
+        action: "read",
+        path: data_dir.to_path_buf(),
+        error,
+    })?;
+    for entry in read {
+        let entry = entry.map_err(|error| EmbeddedError::Io {
             action: "read",
-            path: path.to_path_buf(),
+            path: data_dir.to_path_buf(),
             error,
         })?;
-        for entry in entries {
-            let entry = entry.map_err(|error| EmbeddedError::Io {
-                action: "read",
-                path: path.to_path_buf(),
-                error,
-            })?;
-            chown_recursive(&entry.path(), user)?;
+        let name = entry.file_name();
+        let Some(own) = name.to_str().filter(|n| OWN_ENTRIES.contains(n)) else {
+            return Err(refuse(
+                data_dir,
+                format!(
+                    "it holds {:?}, which is not chatpool's; as root chatpool hands its data \
+                     directory to the `{}` user, so give it a new or empty directory of its own",
+                    name, user.name
+                ),
+            ));
+        };
+        let path = data_dir.join(own);
+        let meta = path.symlink_metadata().map_err(|error| EmbeddedError::Io {
+            action: "inspect",
+            path: path.clone(),
+            error,
+        })?;
+        // The user's (the cluster, its log) or root's (chatpool's owner file).
+        if meta.uid() != user.uid.as_raw() && meta.uid() != 0 {
+            return Err(refuse(
+                &path,
+                format!(
+                    "it is owned by uid {}, not by `{}` who runs the server; `chown -R {}` it \
+                     first if it is yours",
+                    meta.uid(),
+                    user.name,
+                    user.name
+                ),
+            ));
         }
     }
+    chown_one(data_dir, user)?;
     Ok(())
 }
 

@@ -27,10 +27,11 @@ pub enum EmbeddedError {
 
     /// Running as root, but there is no unprivileged user to run PostgreSQL as.
     #[error(
-        "chatpool runs as root and PostgreSQL refuses to run as root, but neither a `postgres` \
-         nor a `nobody` user exists to run the embedded server as. Create one (for example \
-         `useradd --system postgres`), run chatpool as a non-root user, or set DATABASE_URL to \
-         use an existing PostgreSQL server."
+        "chatpool runs as root and PostgreSQL refuses to run as root, but no `postgres` user \
+         exists to run the embedded server as (chatpool does not fall back to `nobody`: every \
+         process of that user could reach the server as its superuser). Create one (for \
+         example `useradd --system postgres`), run chatpool as a non-root user, or set \
+         DATABASE_URL to use an existing PostgreSQL server."
     )]
     NoUnprivilegedUser,
 

@@ -17,7 +17,7 @@
 //! | `postgres.owner` | pid of the chatpool process that started the server and will stop it |
 //!
 //! PostgreSQL refuses to run as root. When chatpool runs as root, every
-//! PostgreSQL binary runs as the `postgres` user (or `nobody` when there is
+//! PostgreSQL binary runs as the `postgres` user (refused when there is
 //! none), and the cluster's files are owned by that user.
 //!
 //! Everything here is blocking; async callers wrap it in `spawn_blocking`.
@@ -48,7 +48,7 @@ use std::sync::Mutex;
 pub use error::EmbeddedError;
 
 use adopt::{adopt, existing_server, write_owner, Existing, OWNER_FILE};
-use data_dir::{check_socket_path, chown_cluster_files, fix_pgdata_mode, prepare_data_dir};
+use data_dir::{check_socket_path, fix_pgdata_mode, hand_over, prepare_data_dir};
 use init::init_cluster;
 use runner::Runner;
 use server::{start_server, stop_server};
@@ -111,7 +111,7 @@ impl EmbeddedPostgres {
         tracing::info!("starting embedded PostgreSQL in {}", pgdata.display());
         if let Some(user) = &runner.run_as {
             tracing::debug!(user = %user.name, "running as root: PostgreSQL runs as an unprivileged user");
-            chown_cluster_files(&data_dir, user)?;
+            hand_over(&data_dir, user)?;
         }
         runner.probe(&data_dir)?;
 

@@ -3,7 +3,7 @@
 //! when chatpool runs as root.
 //!
 //! PostgreSQL refuses to run as root, so as root every binary runs as the
-//! `postgres` user (or `nobody`). [`Runner::probe`] proves early that this
+//! `postgres` user (never `nobody`: see [`RunAs`]). [`Runner::probe`] proves early that this
 //! user can reach the data directory, with an error that says how to fix it.
 
 use std::io;
@@ -29,9 +29,12 @@ pub(super) struct RunAs {
 
 impl RunAs {
     fn unprivileged() -> Result<Self, EmbeddedError> {
-        ["postgres", "nobody"]
-            .into_iter()
-            .find_map(|name| User::from_name(name).ok().flatten())
+        // Only `postgres`: the server trusts every local connection that can
+        // reach its socket, which is every process of the user it runs as;
+        // as `nobody` that would be every `nobody` daemon on the machine.
+        User::from_name("postgres")
+            .ok()
+            .flatten()
             .map(|u| RunAs {
                 name: u.name,
                 uid: u.uid,

@@ -153,3 +153,33 @@ fn cluster_starts_stops_and_keeps_its_data() {
         "{err}"
     );
 }
+
+/// As root, a data directory holding anything but chatpool's own entries is
+/// refused, not handed to the server's user.
+#[test]
+fn as_root_a_data_directory_with_foreign_content_is_refused_and_left_alone() {
+    use std::os::unix::fs::MetadataExt;
+    if !geteuid().is_root() || installed_bin_dir().is_err() {
+        eprintln!("skipping: needs root and PostgreSQL binaries");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("shared");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("someone-elses.conf"), "x").unwrap();
+    let opts = EmbeddedOptions {
+        data_dir: data.clone(),
+        max_connections: 10,
+    };
+    let Err(err) = EmbeddedPostgres::start(&opts) else {
+        panic!("a directory with foreign content was used");
+    };
+    assert!(err.to_string().contains("not chatpool's"), "{err}");
+    assert_eq!(
+        fs::metadata(&data).unwrap().uid(),
+        0,
+        "the directory was handed over"
+    );
+    assert!(!data.join("postgres").exists());
+}
