@@ -268,3 +268,93 @@ async fn ws_500_sockets_in_10_rooms_on_3_connections_all_acked_and_gapless() {
     })
     .await;
 }
+
+/// Issue 11: overload. 2,000 sockets on five connections with a short wait
+/// limit: every send acks, or fails fast with a retryable code and then acks
+/// on a retry with the same `client_id`, each stored exactly once; `/healthz`
+/// answers throughout; memory stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn ws_2000_sockets_on_5_connections_every_send_acks_once_and_healthz_answers() {
+    const SOCKETS: usize = 2000;
+    const ROOMS: usize = 20;
+    bounded(async {
+        ensure_open_files(8192);
+        let app = AppOptions::default()
+            .url_param("connection_limit", 5)
+            .env("CHATPOOL_TX_MAX_WAIT_MS", 200)
+            .spawn()
+            .await;
+        let users = seed_users(&app, "user", SOCKETS, Role::Member).await;
+        let mut rooms = Vec::new();
+        for r in 0..ROOMS {
+            let members: Vec<i64> = users.iter().skip(r).step_by(ROOMS).map(|u| u.id).collect();
+            rooms.push(seed_room(&app, members[0], &members).await);
+        }
+        let rss_before = chatpool::testkit::process::rss_kib();
+        let app = Arc::new(app);
+        let done = Arc::new(AtomicBool::new(false));
+        let health = {
+            let (app, done) = (app.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut probes, mut worst) = (0u32, Duration::ZERO);
+                while !done.load(Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
+                    assert_eq!(app.get("/healthz").await.status(), 200);
+                    worst = worst.max(started.elapsed());
+                    probes += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (probes, worst)
+            })
+        };
+        let all_joined = Arc::new(tokio::sync::Barrier::new(SOCKETS));
+        // Clients arrive a hundred at a time (the kernel's accept queue is
+        // finite); once all are in, they all send at once.
+        let arriving = Arc::new(tokio::sync::Semaphore::new(100));
+        let tasks: Vec<_> = users
+            .into_iter()
+            .enumerate()
+            .map(|(i, user)| {
+                let room = rooms[i % ROOMS];
+                let (app, all_joined, arriving) = (app.clone(), all_joined.clone(), arriving.clone());
+                tokio::spawn(async move {
+                    let permit = arriving.acquire_owned().await.unwrap();
+                    let mut client = connect_retrying(&app, &user.token).await;
+                    join_retrying(&mut client, room, None).await;
+                    drop(permit);
+                    all_joined.wait().await;
+                    let mut seen = Vec::new();
+                    send_until_acked(&mut client, room, "overload", &format!("o-{i}"), &mut seen)
+                        .await;
+                    client
+                })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        let (probes, worst) = health.await.unwrap();
+        assert!(probes > 0);
+        assert!(worst < Duration::from_secs(2), "/healthz took {worst:?} under load");
+        let busy = app.metric("chatpool_db_pool_timeouts_total").await;
+        eprintln!("overload: {busy} db_busy answers, {probes} health probes, worst {worst:?}");
+
+        let client = chatpool::testkit::pg::sql_client(&app.db.url, "tests").await;
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT client_id) FROM messages WHERE client_id LIKE 'o-%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (stored, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((stored, distinct), (SOCKETS as i64, SOCKETS as i64));
+        // Server and 2,000 clients in this process: bounded, not per-message.
+        let grown_mib = (chatpool::testkit::process::rss_kib().saturating_sub(rss_before)) / 1024;
+        assert!(grown_mib < 512, "RSS grew {grown_mib} MiB");
+        drop(clients);
+    })
+    .await;
+}
