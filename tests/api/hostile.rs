@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chatpool::testkit::api::{create_room, get, id_of, post, register, register_raw};
+use chatpool::testkit::api::{collect, create_room, get, id_of, post, register, register_raw};
 use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::{seed_room, seed_user};
 use chatpool::testkit::ws::*;
@@ -357,6 +357,167 @@ async fn a_panic_in_one_handler_or_session_answers_500_or_1011_and_the_rest_keep
         }
         let (ack, _) = bystander.send_message(room, "still here", "b1").await;
         assert_eq!(ack["message"]["seq"], 11);
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    })
+    .await;
+}
+
+/// A hostile request and its documented answer: (what, method, path,
+/// content type, body, status, code).
+type Case = (
+    &'static str,
+    reqwest::Method,
+    String,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_http_and_websocket_inputs_get_their_documented_answers_and_the_server_keeps_serving(
+) {
+    bounded(async {
+        let app = spawn_app().await;
+        let ann = register(&app, "ann").await;
+        let room = id_of(&create_room(&app, &ann.token, "general", &[]).await);
+        let messages = format!("/api/rooms/{room}/messages");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let huge = format!("{{\"body\": \"{}\"}}", "x".repeat(1024 * 1024));
+        // (what, method, path, content type, body, status, code)
+        let cases: Vec<Case> = vec![
+            (
+                "invalid UTF-8",
+                reqwest::Method::POST,
+                messages.clone(),
+                "application/json",
+                b"{\"body\": \"\xff\xfe\"}".to_vec(),
+                400,
+                "bad_request",
+            ),
+            (
+                "deep JSON",
+                reqwest::Method::POST,
+                messages.clone(),
+                "application/json",
+                deep.clone().into_bytes(),
+                400,
+                "bad_request",
+            ),
+            (
+                "huge number in a body",
+                reqwest::Method::POST,
+                "/api/rooms".into(),
+                "application/json",
+                br#"{"name": "n", "member_ids": [1e400]}"#.to_vec(),
+                400,
+                "bad_request",
+            ),
+            (
+                "huge number in a path",
+                reqwest::Method::GET,
+                "/api/rooms/99999999999999999999999/messages".into(),
+                "",
+                vec![],
+                400,
+                "bad_request",
+            ),
+            (
+                "1 MB body",
+                reqwest::Method::POST,
+                messages.clone(),
+                "application/json",
+                huge.into_bytes(),
+                413,
+                "too_large",
+            ),
+            (
+                "path traversal in an id",
+                reqwest::Method::GET,
+                "/api/rooms/..%2F..%2Fetc%2Fpasswd/messages".into(),
+                "",
+                vec![],
+                400,
+                "bad_request",
+            ),
+            (
+                "path traversal in a route",
+                reqwest::Method::GET,
+                "/api/../../etc/passwd".into(),
+                "",
+                vec![],
+                404,
+                "not_found",
+            ),
+            (
+                "not JSON at all",
+                reqwest::Method::POST,
+                messages.clone(),
+                "text/plain",
+                b"hello".to_vec(),
+                400,
+                "bad_request",
+            ),
+        ];
+        for (what, method, path, content_type, body, status, code) in cases {
+            let mut request = app
+                .http
+                .request(method, app.url(&path))
+                .bearer_auth(&ann.token)
+                .body(body);
+            if !content_type.is_empty() {
+                request = request.header("content-type", content_type);
+            }
+            let reply = collect(request.send().await.unwrap()).await;
+            assert_eq!(reply.status, status, "{what}: {}", reply.text);
+            let json: Value = serde_json::from_str(&reply.text).unwrap_or(Value::Null);
+            assert_eq!(json["error"]["code"], code, "{what}: {}", reply.text);
+            assert_eq!(app.get("/healthz").await.status(), 200, "after {what}");
+        }
+        // A header flood is refused by the HTTP layer (431), not served.
+        let mut flood = app.http.get(app.url("/healthz"));
+        for i in 0..200 {
+            flood = flood.header(format!("x-flood-{i}"), "y".repeat(100));
+        }
+        let status = flood.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        assert!(
+            status == 431 || status == 0,
+            "header flood answered {status}"
+        );
+        // Unknown fields are ignored; SQL-looking text is stored verbatim.
+        let sql = "'; DROP TABLE messages; -- \\ \" $1 %s";
+        let posted = post(
+            &app,
+            &messages,
+            &ann.token,
+            json!({"body": sql, "extra": {"nested": true}}),
+        )
+        .await
+        .expect(201);
+        assert_eq!(posted["body"], sql);
+        let page = get(&app, &messages, &ann.token).await.expect(200);
+        assert_eq!(page["messages"][0]["body"], sql);
+
+        // Over WebSocket: the same kinds of input are error frames on a
+        // socket that stays open.
+        let mut ws = connect(&app, &ann.token).await;
+        for frame in [
+            deep,
+            r#"{"type": "join", "room_id": 1e400}"#.to_owned(),
+            r#"{"type": "join", "room_id": 99999999999999999999999}"#.to_owned(),
+            r#"{"type": "send", "room_id": "1; DROP TABLE rooms", "body": "x", "client_id": "c"}"#
+                .to_owned(),
+        ] {
+            ws.send_raw(tokio_tungstenite::tungstenite::Message::text(frame.clone()))
+                .await;
+            let e = ws.recv_json().await;
+            assert_eq!(
+                (e["type"].as_str(), e["code"].as_str()),
+                (Some("error"), Some("bad_request")),
+                "{e}"
+            );
+        }
+        assert!(ws.round_trip().await.is_empty());
         assert_eq!(app.get("/healthz").await.status(), 200);
     })
     .await;
