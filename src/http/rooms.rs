@@ -319,3 +319,55 @@ pub async fn send(
     };
     Ok((status, Json(sent.message)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The history query as axum parses it: any query string is a page
+    /// request or a 400, never a panic, and an accepted one is in range.
+    fn parse(query: &str) -> Result<(Cursor, i64), ApiError> {
+        let uri: axum::http::Uri = format!("/x?{query}")
+            .parse()
+            .map_err(|_| ApiError::BadRequest("not a URI".into()))?;
+        let q = axum::extract::Query::<HistoryQuery>::try_from_uri(&uri)
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?
+            .0;
+        Ok((q.cursor()?, limit_in(q.limit, HISTORY_LIMIT)?))
+    }
+
+    proptest! {
+        #[test]
+        fn any_history_query_is_a_page_or_a_bad_request(query in "[ -~]{0,80}") {
+            match parse(&query) {
+                Ok((cursor, limit)) => {
+                    prop_assert!((1..=HISTORY_LIMIT.1).contains(&limit));
+                    match cursor {
+                        Cursor::After(n) | Cursor::Before(n) => prop_assert!(n.0 >= 0),
+                        Cursor::Latest => {}
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.code(), "bad_request"),
+            }
+        }
+
+        #[test]
+        fn cursors_and_limits_of_any_integer_are_checked(
+            after in proptest::option::of(any::<i64>()),
+            before in proptest::option::of(any::<i64>()),
+            limit in proptest::option::of(any::<i64>()),
+        ) {
+            let mut parts = Vec::new();
+            if let Some(a) = after { parts.push(format!("after_seq={a}")); }
+            if let Some(b) = before { parts.push(format!("before_seq={b}")); }
+            if let Some(l) = limit { parts.push(format!("limit={l}")); }
+            let accepted = parse(&parts.join("&")).is_ok();
+            let expected = !(after.is_some() && before.is_some())
+                && after.unwrap_or(0) >= 0
+                && before.unwrap_or(0) >= 0
+                && limit.is_none_or(|l| (1..=HISTORY_LIMIT.1).contains(&l));
+            prop_assert_eq!(accepted, expected);
+        }
+    }
+}
