@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::app::TestApp;
@@ -193,15 +193,19 @@ impl WsClient {
 
     /// [`WsClient::recv_json`] that returns what went wrong instead of panicking.
     pub async fn try_recv_json(&mut self) -> Result<Value, String> {
+        let text = self.try_recv_text().await?;
+        serde_json::from_str(&text).map_err(|e| format!("server frames are JSON: {e}: {text}"))
+    }
+
+    /// The next text frame as sent (pings and pongs skipped), for load
+    /// clients that parse only what they measure.
+    pub async fn try_recv_text(&mut self) -> Result<Utf8Bytes, String> {
         loop {
             let frame = tokio::time::timeout(FRAME_WAIT, self.ws.next())
                 .await
                 .map_err(|_| format!("no frame within {FRAME_WAIT:?}"))?;
             match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(&text)
-                        .map_err(|e| format!("server frames are JSON: {e}: {text}"))
-                }
+                Some(Ok(Message::Text(text))) => return Ok(text),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => return Err(format!("expected a text frame, got {other:?}")),
             }
