@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use chatpool::testkit::api::{collect, create_room, id_of, post, register, user_with_role};
+use chatpool::testkit::api::{collect, create_room, id_of, post, register, user_with_role, Reply};
 use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::ws::{connect, try_connect};
-use chatpool::testkit::{bounded, AppOptions, Role};
+use chatpool::testkit::{bounded, AppOptions, Role, TestApp};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,26 +70,12 @@ async fn registrations_are_limited_per_address_and_a_trusted_proxy_names_the_add
             .env("CHATPOOL_REGISTER_RATE", 3)
             .spawn()
             .await;
-        let register_from = |name: String, forwarded: &'static str| {
-            let app = &app;
-            async move {
-                let response = app
-                    .http
-                    .post(app.url("/api/auth/register"))
-                    .header("x-forwarded-for", forwarded)
-                    .json(&json!({"username": name, "password": "long enough password"}))
-                    .send()
-                    .await
-                    .unwrap();
-                collect(response).await
-            }
-        };
         for i in 0..3 {
-            register_from(format!("user{i}"), "203.0.113.1")
+            register_from(&app, &format!("user{i}"), "203.0.113.1")
                 .await
                 .expect(201);
         }
-        let reply = register_from("user3".into(), "203.0.113.2").await;
+        let reply = register_from(&app, "user3", "203.0.113.2").await;
         reply.expect_error(429, "rate_limited");
         assert!(reply.retry_after.is_some());
 
@@ -101,33 +87,32 @@ async fn registrations_are_limited_per_address_and_a_trusted_proxy_names_the_add
             .env("CHATPOOL_TRUSTED_PROXIES", "127.0.0.0/8")
             .spawn()
             .await;
-        let register_via = |name: String, forwarded: &'static str| {
-            let app = &proxied;
-            async move {
-                let response = app
-                    .http
-                    .post(app.url("/api/auth/register"))
-                    .header("x-forwarded-for", forwarded)
-                    .json(&json!({"username": name, "password": "long enough password"}))
-                    .send()
-                    .await
-                    .unwrap();
-                collect(response).await
-            }
-        };
         for i in 0..3 {
-            register_via(format!("aaa{i}"), "198.51.100.7, 203.0.113.1")
+            register_from(&proxied, &format!("aaa{i}"), "198.51.100.7, 203.0.113.1")
                 .await
                 .expect(201);
         }
-        register_via("aaa3".into(), "198.51.100.8, 203.0.113.1")
+        register_from(&proxied, "aaa3", "198.51.100.8, 203.0.113.1")
             .await
             .expect_error(429, "rate_limited");
-        register_via("bbb0".into(), "203.0.113.1, 203.0.113.2")
+        register_from(&proxied, "bbb0", "203.0.113.1, 203.0.113.2")
             .await
             .expect(201);
     })
     .await;
+}
+
+/// `POST /api/auth/register` with an `X-Forwarded-For` header.
+async fn register_from(app: &TestApp, name: &str, forwarded: &str) -> Reply {
+    let response = app
+        .http
+        .post(app.url("/api/auth/register"))
+        .header("x-forwarded-for", forwarded)
+        .json(&json!({"username": name, "password": "long enough password"}))
+        .send()
+        .await
+        .unwrap();
+    collect(response).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
