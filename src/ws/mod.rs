@@ -62,7 +62,7 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
-    let Some(admission) = state.hub().admit(state.settings().max_sockets) else {
+    let Some(mut admission) = state.hub().admit(state.settings().max_sockets) else {
         return ApiError::ServerBusy("too many WebSocket sessions; retry later".into())
             .into_response();
     };
@@ -70,7 +70,6 @@ pub async fn upgrade(State(state): State<AppState>, request: Request) -> Respons
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    let mut admission = admission;
     if let Some(max) = state.limits().sockets_per_user {
         if !admission.claim_user(user.id, max) {
             return ApiError::LimitReached(format!(

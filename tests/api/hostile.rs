@@ -91,46 +91,45 @@ async fn at_rust_log_trace_no_token_password_hash_or_body_reaches_the_log() {
         .await
         .unwrap();
         let http = reqwest::Client::new();
+        let send = |path: &str, token: Option<&str>, body: Value| {
+            let mut request = http.post(server.url(path)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            }
+        };
         let password = "correct horse battery";
-        let reg: Value = http
-            .post(server.url("/api/auth/register"))
-            .json(&json!({"username": "loggy", "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, reg) = send(
+            "/api/auth/register",
+            None,
+            json!({"username": "loggy", "password": password}),
+        )
+        .await;
         let token = reg["token"].as_str().expect("token").to_owned();
         // A password typed into the username field, with a forged log line.
         let typed = "Typed Secret\nINFO forged line";
-        let status = http
-            .post(server.url("/api/auth/login"))
-            .json(&json!({"username": typed, "password": "whatever else"}))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (status, _) = send(
+            "/api/auth/login",
+            None,
+            json!({"username": typed, "password": "whatever else"}),
+        )
+        .await;
         assert_eq!(status, 401);
-        let room: Value = http
-            .post(server.url("/api/rooms"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "logged room"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, room) = send("/api/rooms", Some(&token), json!({"name": "logged room"})).await;
         let room = room["id"].as_i64().expect("room id");
-        let posted = http
-            .post(server.url(&format!("/api/rooms/{room}/messages")))
-            .bearer_auth(&token)
-            .json(&json!({"body": "http-body-marker"}))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (posted, _) = send(
+            &format!("/api/rooms/{room}/messages"),
+            Some(&token),
+            json!({"body": "http-body-marker"}),
+        )
+        .await;
         assert_eq!(posted, 201);
         // Over WebSocket, with the token in the query string.
         let mut ws = open_joined(server.addr, &token, room)
