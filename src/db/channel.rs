@@ -5,7 +5,9 @@
 //! tag made with a key stored in `notify_key`, a table only chatpool's own
 //! role (its owner) can read. The first instance to start creates the key;
 //! every instance on the database reads the same one. A payload is
-//! `HEX_TAG.JSON`; one whose tag does not verify is dropped.
+//! `HEX_TAG.JSON`; one whose tag does not verify is dropped. A role that may
+//! read every table can read the key too: the listener also checks the
+//! sender's role (`listener::senders`).
 //!
 //! Replaying a genuine payload seen by another role changes nothing: every
 //! event is idempotent (a message's seq is already delivered, a revoked

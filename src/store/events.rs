@@ -192,6 +192,30 @@ pub async fn load_key(
     })
 }
 
+#[derive(diesel::QueryableByName)]
+struct SenderRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    can_write: bool,
+}
+
+/// Whether the backend `pid` belongs to a role that may write chatpool's
+/// messages; `None` when no such backend is connected any more.
+pub async fn sender_can_write(
+    conn: &mut AsyncPgConnection,
+    pid: i32,
+) -> Result<Option<bool>, diesel::result::Error> {
+    use diesel::OptionalExtension;
+    diesel::sql_query(
+        "SELECT has_table_privilege(a.usesysid, 'messages'::regclass, 'INSERT') AS can_write \
+         FROM pg_stat_activity a WHERE a.pid = $1 AND a.usesysid IS NOT NULL",
+    )
+    .bind::<diesel::sql_types::Integer, _>(pid)
+    .get_result::<SenderRow>(conn)
+    .await
+    .optional()
+    .map(|row| row.map(|r| r.can_write))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,22 @@ impl TestApp {
         self.state.db().channel_key().sign(body)
     }
 
+    /// What the listener would deliver of the notification `body` if its
+    /// sender could not be looked up (it had disconnected): each event as
+    /// `message <seq> <body>`, `revoked <token id>` or `access <user id>`.
+    pub async fn events_from_an_unknown_sender(&self, body: &str) -> Vec<String> {
+        let items = crate::store::events::unpack(body).expect("a notification body");
+        crate::listener::verified(self.state.db(), items)
+            .await
+            .into_iter()
+            .map(|event| match event {
+                crate::events::Event::Message(m) => format!("message {} {}", m.seq.0, m.body),
+                crate::events::Event::Revoked { token_id } => format!("revoked {}", token_id.0),
+                crate::events::Event::AccessChanged { user_id } => format!("access {}", user_id.0),
+            })
+            .collect()
+    }
+
     /// The pool's current status (`max_size`, `size`, `available`, `waiting`),
     /// to check what `connection_limit` became and that connections came back.
     pub fn pool_status(&self) -> deadpool::Status {

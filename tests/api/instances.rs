@@ -509,3 +509,105 @@ async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_no
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_can_read_the_key_but_not_write_chatpools_tables_still_cannot_forge() {
+    bounded(async {
+        let app = AppOptions::default().spawn().await;
+        let alice = seed_user(&app, "alice", Role::Member).await;
+        let room = seed_room(&app, alice.id, &[]).await;
+        let mut ws = connect(&app, &alice.token).await;
+        ws.join(room, Some(0)).await;
+
+        // A role that reads every table, the key included, and writes none.
+        let role = format!("reader_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        admin_exec(&format!(
+            "CREATE ROLE {role} LOGIN IN ROLE pg_read_all_data"
+        ))
+        .await;
+        let url = app
+            .db
+            .url
+            .replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
+        let reader = sql_client(&url, "reader").await;
+        let keys = reader
+            .query("SELECT key FROM notify_key", &[])
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "the reader cannot read the key after all");
+
+        // Payloads signed with that key, as the reader can sign them.
+        let forged_message = json!([{"t": "m", "room_id": room, "seq": 1, "message": {
+            "id": 999, "room_id": room, "seq": 1,
+            "author": {"id": alice.id, "username": "alice", "display_name": "alice"},
+            "body": "forged", "client_id": null, "created_at": "2026-11-22T10:00:00.123Z"
+        }}])
+        .to_string();
+        let forged_revocation = json!([{"t": "r", "token_id": alice.token_id}]).to_string();
+        let before = app.metric("chatpool_listener_forged_total").await;
+        for body in [&forged_message, &forged_revocation] {
+            let payload = app.signed_notification(body);
+            reader
+                .execute("SELECT pg_notify('chatpool_events', $1)", &[&payload])
+                .await
+                .unwrap();
+        }
+        while app.metric("chatpool_listener_forged_total").await < before + 2.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let (ack, frames) = ws.send_message(room, "real", "c1").await;
+        assert_eq!(ack["message"]["seq"], 1);
+        assert!(
+            frames.iter().all(|f| f["message"]["body"] != "forged"),
+            "{frames:?}"
+        );
+        assert_eq!(own_copy(&mut ws, frames).await["body"], "real");
+        assert!(ws.round_trip().await.is_empty());
+        let mut again = connect(&app, &alice.token).await;
+        assert!(again.round_trip().await.is_empty());
+        drop(reader);
+        admin_exec(&format!("DROP ROLE {role}")).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_whose_sender_is_gone_is_checked_against_the_tables() {
+    bounded(async {
+        let app = AppOptions::default().spawn().await;
+        let alice = seed_user(&app, "alice", Role::Member).await;
+        let room = seed_room(&app, alice.id, &[]).await;
+        let mut ws = connect(&app, &alice.token).await;
+        ws.join(room, Some(0)).await;
+        let (ack, _) = ws.send_message(room, "real", "c1").await;
+        assert_eq!(ack["message"]["seq"], 1);
+        // A token that does not exist (any more): its revocation stands.
+        let gone_token = alice.token_id + 1000;
+
+        let inline = |seq: i64, body: &str| {
+            json!({"t": "m", "room_id": room, "seq": seq, "message": {
+                "id": 999, "room_id": room, "seq": seq,
+                "author": {"id": alice.id, "username": "alice", "display_name": "alice"},
+                "body": body, "client_id": null, "created_at": "2026-11-22T10:00:00.123Z"
+            }})
+        };
+        let body = json!([
+            inline(1, "forged"),
+            inline(2, "never sent"),
+            {"t": "r", "token_id": alice.token_id},
+            {"t": "r", "token_id": gone_token},
+            {"t": "u", "user_id": alice.id},
+        ])
+        .to_string();
+        assert_eq!(
+            app.events_from_an_unknown_sender(&body).await,
+            [
+                "message 1 real".to_owned(),
+                format!("revoked {gone_token}"),
+                format!("access {}", alice.id),
+            ]
+        );
+    })
+    .await;
+}

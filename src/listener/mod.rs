@@ -8,6 +8,10 @@
 //! committed while it was away is lost; the hub drops what a socket already
 //! has, so nothing arrives twice. Access changes it may have missed are
 //! covered by having every session re-check its joined rooms.
+//!
+//! A notification is believed only if chatpool's key signed it
+//! ([`crate::db::channel`]) and its sender's role may write chatpool's tables
+//! ([`senders`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,10 +24,14 @@ use crate::announce::deliver;
 use crate::db::{pool, Db, DbError};
 use crate::events::Event;
 use crate::hub::Hub;
-use crate::ids::{RoomId, Seq};
+use crate::ids::{RoomId, Seq, TokenId};
 use crate::metrics as m;
 use crate::store;
 use crate::store::events::{unpack, Payload, CHANNEL};
+
+pub mod senders;
+
+use senders::{Sender, Senders};
 
 /// First pause after a failed connect; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -70,6 +78,7 @@ async fn run(
     let mut connected_before = false;
     // Where each room stood when the connection was lost.
     let mut at_loss: HashMap<RoomId, Seq> = HashMap::new();
+    let mut senders = Senders::default();
     loop {
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
@@ -113,7 +122,7 @@ async fn run(
             match next {
                 Some(Ok(n)) => {
                     metrics::counter!(m::LISTENER_NOTIFICATIONS_TOTAL).increment(1);
-                    handle(&db, &hub, &n.payload).await;
+                    handle(&db, &hub, &mut senders, n.process_id, &n.payload).await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "listener connection failed");
@@ -143,8 +152,8 @@ async fn listen(
 }
 
 /// Applies one notification (one or more events) to the hub, in order, if
-/// chatpool signed it ([`crate::db::channel`]).
-async fn handle(db: &Db, hub: &Hub, payload: &str) {
+/// chatpool signed it and its sender may write chatpool's tables.
+async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &str) {
     let key = db.channel_key();
     let Some(body) = key.open(payload) else {
         metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);
@@ -156,11 +165,70 @@ async fn handle(db: &Db, hub: &Hub, payload: &str) {
     let Some(items) = unpack(body) else {
         return tracing::debug!(bytes = body.len(), "ignoring an unknown notification");
     };
+    let events = match senders.check(db, pid).await {
+        Sender::Writer => resolve_all(db, items).await,
+        Sender::NotWriter => {
+            metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);
+            return tracing::warn!(
+                pid,
+                "ignoring a notification sent by a role that cannot write chatpool's tables"
+            );
+        }
+        Sender::Unknown => verified(db, items).await,
+    };
+    for event in &events {
+        deliver(hub, event);
+    }
+}
+
+async fn resolve_all(db: &Db, items: Vec<Payload>) -> Vec<Event> {
+    let mut events = Vec::with_capacity(items.len());
     for item in items {
         if let Some(event) = resolve(db, item).await {
-            deliver(hub, &event);
+            events.push(event);
         }
     }
+    events
+}
+
+/// The events of a notification whose sender could not be checked, taken as
+/// hints and checked against the tables: every message is read back by seq
+/// (a forged one is not found, or the real one is delivered instead), and a
+/// revocation stands only for a token that no longer exists. An access
+/// change needs no check: the sessions re-read their access from the tables.
+pub(crate) async fn verified(db: &Db, items: Vec<Payload>) -> Vec<Event> {
+    let hints = items
+        .into_iter()
+        .map(|item| match item {
+            Payload::Message { room_id, seq, .. } => Payload::Message {
+                room_id,
+                seq,
+                message: None,
+            },
+            other => other,
+        })
+        .collect();
+    let mut events = resolve_all(db, hints).await;
+    let revoked: Vec<TokenId> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Revoked { token_id } => Some(*token_id),
+            _ => None,
+        })
+        .collect();
+    if !revoked.is_empty() {
+        let alive = db
+            .run(move |c| async move { store::tokens::existing(c, &revoked).await }.boxed())
+            .await;
+        // Unable to tell: keep the revocations. A wrongly closed socket
+        // reconnects; a revoked token's socket left open would be worse.
+        let alive = alive.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot check announced revocations");
+            Vec::new()
+        });
+        events.retain(|e| !matches!(e, Event::Revoked { token_id } if alive.contains(token_id)));
+    }
+    events
 }
 
 /// The event a payload announces; a message too large to travel inline is
