@@ -2,6 +2,7 @@
 //! database per test, the real server on port 0 (all from `chatpool::testkit`).
 
 mod authz;
+mod compose;
 mod foundation;
 mod group_commit;
 mod hostile;
