@@ -2,21 +2,47 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{vars, Settings};
 use crate::startup::{Application, Database};
 
 /// chatpool: a real-time chat backend on one bounded PostgreSQL pool.
-#[derive(Debug, Parser)]
+///
+/// Every setting is a flag and an environment variable (the flag wins; a
+/// `.env` file in the working directory fills in what neither sets).
+#[derive(Debug, clap::Parser)]
 #[command(name = "chatpool", version, about)]
 pub struct Cli {
-    /// Address to listen on (overrides CHATPOOL_LISTEN); port 0 picks a free port.
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<String>,
-
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The command line: [`Cli`] plus one global flag per setting
+/// ([`vars::VARS`]), each with its variable and default in `--help`.
+fn command() -> clap::Command {
+    vars::VARS.iter().fold(Cli::command(), |cmd, v| {
+        cmd.arg(
+            Arg::new(v.env)
+                .long(v.flag)
+                .env(v.env)
+                .value_name("VALUE")
+                .global(true)
+                .hide_env_values(v.env.ends_with("DATABASE_URL"))
+                .help(format!("{} [default: {}]", v.help, v.default)),
+        )
+    })
+}
+
+/// The value of the setting `env` on the command line or in the environment
+/// (clap resolves the flag first); global flags reach the innermost
+/// subcommand's matches.
+fn setting(matches: &ArgMatches, env: &str) -> Option<String> {
+    let mut leaf = matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    leaf.get_one::<String>(env).cloned()
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,8 +127,13 @@ fn parse_role(raw: &str) -> Result<crate::domain::Role, String> {
 /// Parses arguments and configuration, runs the command, and returns the exit
 /// code. Configuration errors print one line and exit with status 2.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::from_env(cli.listen.as_deref()) {
+    Settings::load_dotenv();
+    let matches = command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let settings = match Settings::from_lookup(|name| setting(&matches, name)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chatpool: {e}");

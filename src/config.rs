@@ -6,8 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
+
+mod database_url;
+pub mod vars;
+
+pub use database_url::{DatabaseUrl, SessionSettings, SslMode, TlsSettings};
 
 /// Default hard cap on the process's PostgreSQL connections (Prisma's default too).
 pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
@@ -42,6 +46,53 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which browser origins may call the API (`CHATPOOL_CORS_ORIGINS`, SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Unset: no CORS headers at all.
+    Off,
+    /// `*`: any origin (bearer tokens, not cookies, so no credentials mode).
+    Any,
+    /// Exactly these origins (`https://crm.example.com`).
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    fn parse(param: &str, value: &str) -> Result<Self, ConfigError> {
+        let parts: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts == ["*"] {
+            return Ok(Self::Any);
+        }
+        let mut origins = Vec::with_capacity(parts.len());
+        for part in parts {
+            let origin = url::Url::parse(part)
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && !part.ends_with('/')
+                })
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        param,
+                        format!(
+                            "expected `*` or origins such as https://crm.example.com \
+                             (scheme, host, optional port; no path), got {part:?}"
+                        ),
+                    )
+                })?;
+            origins.push(origin.origin().ascii_serialization());
+        }
+        Ok(Self::List(origins))
+    }
+}
+
 /// Where the database comes from.
 #[derive(Debug, Clone)]
 pub enum DatabaseSource {
@@ -64,6 +115,28 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     /// Longest time a transaction may run (`db_timeout` after it).
     pub tx_timeout: Duration,
+    /// A pooled connection idle for longer is closed
+    /// (`CHATPOOL_POOL_IDLE_TIMEOUT_MS`, default 10 minutes).
+    pub idle_timeout: Duration,
+    /// Prisma's `max_connection_lifetime`: a pooled connection older than
+    /// this is closed once idle.
+    pub max_lifetime: Option<Duration>,
+    /// Schema, PgBouncer mode, statement cache, the URL's `options`.
+    pub session: SessionSettings,
+    /// How the pool's connections are encrypted.
+    pub tls: TlsSettings,
+    /// Where the `LISTEN` connection goes when not where the pool goes
+    /// (`CHATPOOL_LISTENER_DATABASE_URL`: PostgreSQL behind a PgBouncer).
+    pub listener: Option<ListenerTarget>,
+}
+
+/// The listener's own database address (`CHATPOOL_LISTENER_DATABASE_URL`).
+#[derive(Debug, Clone)]
+pub struct ListenerTarget {
+    /// Driver configuration.
+    pub driver: Box<tokio_postgres::Config>,
+    /// Its own `sslmode`.
+    pub tls: TlsSettings,
 }
 
 impl DatabaseSettings {
@@ -78,6 +151,11 @@ impl DatabaseSettings {
 pub struct Settings {
     /// Address to accept HTTP and WebSocket connections on (port 0 picks one).
     pub listen: SocketAddr,
+    /// Where `/metrics` is served instead of `listen`, if set
+    /// (`CHATPOOL_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Browser origins allowed to call the API (`CHATPOOL_CORS_ORIGINS`).
+    pub cors: CorsOrigins,
     /// Database and pool limits.
     pub database: DatabaseSettings,
     /// Deadline for the whole graceful shutdown.
@@ -110,37 +188,51 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads settings from the process environment (after loading `.env`),
-    /// with `listen_flag` (the `--listen` flag) taking precedence.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] for the first invalid value.
-    pub fn from_env(listen_flag: Option<&str>) -> Result<Self, ConfigError> {
-        // `.env` in the working directory only, and it never overrides what
-        // the environment already has.
+    /// Loads `.env` from the working directory into the environment, never
+    /// overriding a variable already set: flags, then the environment, then
+    /// `.env`. Called before the command line is parsed, so clap's `env`
+    /// fallbacks see it.
+    pub fn load_dotenv() {
         if std::path::Path::new(".env").is_file() {
             let _ = dotenvy::from_path(".env");
         }
-        Self::from_lookup(listen_flag, |name| std::env::var(name).ok())
     }
 
-    /// Reads settings through `env`, so tests need not touch the process environment.
+    /// Reads settings from the process environment (after [`Self::load_dotenv`]).
     ///
     /// # Errors
     /// A [`ConfigError`] for the first invalid value.
-    pub fn from_lookup(
-        listen_flag: Option<&str>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load_dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `env`, by variable name ([`vars::VARS`]): the
+    /// command line resolves flag-or-variable into it, and tests need not
+    /// touch the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for the first invalid value.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
-        let listen = match listen_flag {
-            Some(v) => parse_listen("--listen", v)?,
-            None => match get("CHATPOOL_LISTEN") {
-                Some(v) => parse_listen("CHATPOOL_LISTEN", &v)?,
-                None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            },
+        let listen = match get("CHATPOOL_LISTEN") {
+            Some(v) => parse_listen("CHATPOOL_LISTEN", &v)?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
+        let metrics_listen = get("CHATPOOL_METRICS_LISTEN")
+            .map(|v| parse_listen("CHATPOOL_METRICS_LISTEN", &v))
+            .transpose()?;
+        let listener_url = get("CHATPOOL_LISTENER_DATABASE_URL")
+            .map(|v| DatabaseUrl::parse_as("CHATPOOL_LISTENER_DATABASE_URL", &v))
+            .transpose()?;
+        let pool_idle_timeout = get("CHATPOOL_POOL_IDLE_TIMEOUT_MS")
+            .map(|v| parse_millis("CHATPOOL_POOL_IDLE_TIMEOUT_MS", &v))
+            .transpose()?;
+        let cors = get("CHATPOOL_CORS_ORIGINS")
+            .map(|v| CorsOrigins::parse("CHATPOOL_CORS_ORIGINS", &v))
+            .transpose()?
+            .unwrap_or(CorsOrigins::Off);
 
         let url = match get("DATABASE_URL") {
             Some(v) => Some(DatabaseUrl::parse(&v)?),
@@ -239,9 +331,10 @@ impl Settings {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("./data"));
 
-        let (source, connection_limit, url_wait, connect_timeout) = match url {
+        let embedded = url.is_none();
+        let (source, connection_limit, url_wait, connect_timeout) = match &url {
             Some(u) => (
-                DatabaseSource::Url(Box::new(u.driver)),
+                DatabaseSource::Url(Box::new(u.driver.clone())),
                 u.connection_limit,
                 u.pool_timeout,
                 u.connect_timeout,
@@ -253,17 +346,49 @@ impl Settings {
                 DEFAULT_CONNECT_TIMEOUT,
             ),
         };
+        // CHATPOOL_POOL_IDLE_TIMEOUT_MS wins over the URL's
+        // max_idle_connection_lifetime.
+        let idle_timeout = pool_idle_timeout
+            .or(url.as_ref().and_then(|u| u.idle_timeout))
+            .unwrap_or(Duration::from_millis(600_000));
+        let (session, tls, max_lifetime) = match url {
+            Some(u) => (u.session, u.tls, u.max_lifetime),
+            None => (SessionSettings::default(), TlsSettings::disabled(), None),
+        };
+        if session.pgbouncer && listener_url.is_none() {
+            return Err(ConfigError::new(
+                "pgbouncer",
+                "pgbouncer=true needs CHATPOOL_LISTENER_DATABASE_URL: LISTEN and migrations \
+                 need a session, so they go to PostgreSQL itself",
+            ));
+        }
+        if listener_url.is_some() && embedded {
+            return Err(ConfigError::new(
+                "CHATPOOL_LISTENER_DATABASE_URL",
+                "needs DATABASE_URL: the embedded PostgreSQL is reached directly",
+            ));
+        }
         // CHATPOOL_TX_MAX_WAIT_MS wins over the URL's pool_timeout.
         let max_wait = env_wait.or(url_wait).unwrap_or(Duration::from_millis(2000));
 
         Ok(Settings {
             listen,
+            metrics_listen,
+            cors,
             database: DatabaseSettings {
                 source,
                 connection_limit,
                 max_wait,
                 connect_timeout,
                 tx_timeout,
+                idle_timeout,
+                max_lifetime,
+                session,
+                tls,
+                listener: listener_url.map(|u| ListenerTarget {
+                    driver: Box::new(u.driver),
+                    tls: u.tls,
+                }),
             },
             shutdown_timeout,
             data_dir,
@@ -276,74 +401,6 @@ impl Settings {
             heartbeat,
             registration_open,
             log_format,
-        })
-    }
-}
-
-/// `DATABASE_URL` split into chatpool's pool parameters and the driver's part.
-#[derive(Debug, Clone)]
-pub struct DatabaseUrl {
-    /// What the driver gets: the URL without the parameters chatpool consumed.
-    pub driver: tokio_postgres::Config,
-    /// `connection_limit`, default 10, at least 2.
-    pub connection_limit: u32,
-    /// `pool_timeout` in seconds, when given.
-    pub pool_timeout: Option<Duration>,
-    /// `connect_timeout` in seconds, default 5.
-    pub connect_timeout: Duration,
-}
-
-impl DatabaseUrl {
-    /// Parses a `postgres://` URL, consuming Prisma's pool parameters.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming `DATABASE_URL` or the parameter at fault.
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
-        let mut url = url::Url::parse(raw.trim())
-            .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a valid URL ({e})")))?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                format!(
-                    "scheme must be postgres:// or postgresql://, got {}://",
-                    url.scheme()
-                ),
-            ));
-        }
-
-        let mut connection_limit = DEFAULT_CONNECTION_LIMIT;
-        let mut pool_timeout = None;
-        let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
-        let mut rest = Vec::new();
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "connection_limit" => {
-                    connection_limit = value.trim().parse::<u32>().ok().filter(|n| *n >= 2).ok_or_else(|| {
-                        ConfigError::new(
-                            "connection_limit",
-                            format!("in DATABASE_URL must be a whole number of at least 2 (one connection is reserved for the listener), got {value:?}"),
-                        )
-                    })?;
-                }
-                "pool_timeout" => pool_timeout = Some(parse_seconds("pool_timeout", &value)?),
-                "connect_timeout" => connect_timeout = parse_seconds("connect_timeout", &value)?,
-                _ => rest.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        if rest.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(rest);
-        }
-        let mut driver = tokio_postgres::Config::from_str(url.as_str()).map_err(|e| {
-            ConfigError::new("DATABASE_URL", format!("the driver cannot use it ({e})"))
-        })?;
-        driver.connect_timeout(connect_timeout);
-        Ok(Self {
-            driver,
-            connection_limit,
-            pool_timeout,
-            connect_timeout,
         })
     }
 }
@@ -376,8 +433,25 @@ fn parse_positive(param: &str, value: &str) -> Result<u64, ConfigError> {
         })
 }
 
+/// A bare number of milliseconds (`2000`), or a humantime duration (`2s`,
+/// `10m`); greater than 0.
 fn parse_millis(param: &str, value: &str) -> Result<Duration, ConfigError> {
-    parse_positive(param, value).map(Duration::from_millis)
+    let value = value.trim();
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_positive(param, value).map(Duration::from_millis);
+    }
+    humantime::parse_duration(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ConfigError::new(
+                param,
+                format!(
+                    "must be a whole number of milliseconds or a duration such as 2s or 10m, \
+                     greater than 0, got {value:?}"
+                ),
+            )
+        })
 }
 
 /// Comma-separated addresses (`10.0.0.5`, `::1`) or networks (`10.0.0.0/8`).
@@ -414,25 +488,6 @@ fn parse_millis_at_most(param: &str, value: &str, max: Duration) -> Result<Durat
         ));
     }
     Ok(d)
-}
-
-/// Seconds as Prisma writes them; fractions allowed, zero (Prisma's "no limit") refused
-/// because chatpool never waits without a bound.
-fn parse_seconds(param: &str, value: &str) -> Result<Duration, ConfigError> {
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            ConfigError::new(
-                param,
-                format!(
-                    "in DATABASE_URL must be a number of seconds greater than 0, got {value:?}"
-                ),
-            )
-        })
 }
 
 /// Parses durations such as `10m`, `90s`, `1h`, `500ms`, `1d` or `1h 30m`

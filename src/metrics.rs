@@ -31,6 +31,10 @@ pub const MESSAGES_TOTAL: &str = "chatpool_messages_total";
 pub const SEND_BATCH_SIZE: &str = "chatpool_send_batch_size";
 /// HTTP requests answered, by method, route and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "chatpool_http_requests_total";
+/// Time to answer an HTTP request, by method and route (histogram).
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "chatpool_http_request_duration_seconds";
+/// 1, labelled with the running version.
+pub const BUILD_INFO: &str = "chatpool_build_info";
 /// HTTP requests being handled right now (what the shutdown drain waits for).
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "chatpool_http_requests_in_flight";
 /// 1 while the cross-instance LISTEN connection is up, else 0.
@@ -58,6 +62,13 @@ pub fn handle() -> &'static PrometheusHandle {
             )
             .expect("bucket list is not empty")
             .set_buckets_for_metric(
+                Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(
                 Matcher::Full(SEND_BATCH_SIZE.to_owned()),
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
             )
@@ -67,11 +78,55 @@ pub fn handle() -> &'static PrometheusHandle {
         // Another recorder may already be installed (e.g. by an embedding program).
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        register_all();
         handle
     })
 }
 
+/// Every series from the first scrape on (SPEC §6): counters at 0, gauges
+/// at their resting value, histograms with empty buckets, and one series of
+/// each labelled family, so dashboards and alerts see 0 rather than "no data".
+fn register_all() {
+    for counter in [
+        DB_POOL_TIMEOUTS_TOTAL,
+        DB_TX_TIMEOUTS_TOTAL,
+        MESSAGES_TOTAL,
+        LISTENER_RECONNECTS_TOTAL,
+        LISTENER_NOTIFICATIONS_TOTAL,
+        LISTENER_FORGED_TOTAL,
+        LISTENER_CATCH_UP_MESSAGES_TOTAL,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for gauge in [WS_SESSIONS, HTTP_REQUESTS_IN_FLIGHT, LISTENER_UP] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+    for histogram in [DB_POOL_WAIT_SECONDS, SEND_BATCH_SIZE] {
+        drop(metrics::histogram!(histogram));
+    }
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => "GET", "route" => "/healthz", "status" => "200")
+        .increment(0);
+    drop(
+        metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "method" => "GET", "route" => "/healthz"),
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process_collector().describe();
+}
+
+/// The `process_*` series (CPU seconds, resident memory, open files,
+/// threads, start time), refreshed at each scrape.
+pub fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 fn describe() {
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request"
+    );
+    metrics::describe_gauge!(BUILD_INFO, "1, labelled with chatpool's version");
     metrics::describe_gauge!(DB_POOL_MAX_SIZE, "Pool capacity (connection_limit - 1)");
     metrics::describe_gauge!(DB_POOL_SIZE, "Connections the pool holds");
     metrics::describe_gauge!(DB_POOL_AVAILABLE, "Idle pooled connections");

@@ -13,13 +13,17 @@ use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSource, Settings};
+use crate::config::{DatabaseSource, SessionSettings, Settings};
+use crate::db::tls::Tls;
 use crate::db::{migrations, Db, PoolSettings};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::hub::Hub;
 use crate::listener::Listener;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
+
+/// Connections the metrics address serves at once (scrapers, not clients).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// `max_connections` of an embedded cluster: room for several instances plus psql.
 const EMBEDDED_MAX_CONNECTIONS: u32 = 100;
@@ -30,6 +34,8 @@ pub struct Database {
     /// The process's one pool.
     pub db: Db,
     pool_settings: PoolSettings,
+    /// Where the `LISTEN` connection (and, behind a PgBouncer, migrations) go.
+    listener_target: (tokio_postgres::Config, Tls),
     listener: Option<Listener>,
     embedded: Option<EmbeddedPostgres>,
 }
@@ -56,16 +62,49 @@ impl Database {
             }
         };
         let s = &settings.database;
+        let tls = if embedded.is_some() {
+            Tls::plain()
+        } else {
+            Tls::new(&s.tls).context("DATABASE_URL's TLS settings")?
+        };
         let pool_settings = PoolSettings {
             driver,
+            tls,
+            session: s.session.clone(),
+            idle_timeout: s.idle_timeout,
+            max_lifetime: s.max_lifetime,
             max_size: s.pool_max_size(),
             max_wait: s.max_wait,
             connect_timeout: s.connect_timeout,
             tx_timeout: s.tx_timeout,
         };
+        // The listener's own address (PostgreSQL itself behind a PgBouncer),
+        // else the pool's, with chatpool's session settings either way.
+        let listener_target = match &s.listener {
+            Some(target) => {
+                let direct = PoolSettings {
+                    driver: (*target.driver).clone(),
+                    tls: Tls::new(&target.tls)
+                        .context("CHATPOOL_LISTENER_DATABASE_URL's TLS settings")?,
+                    session: SessionSettings {
+                        pgbouncer: false,
+                        ..s.session.clone()
+                    },
+                    ..pool_settings.clone()
+                };
+                (direct.session_config(), direct.tls)
+            }
+            None => (pool_settings.session_config(), pool_settings.tls.clone()),
+        };
+        let mut db = Db::new(&pool_settings);
+        if pool_settings.session.pgbouncer {
+            let (driver, tls) = listener_target.clone();
+            db.set_direct(driver, tls, pool_settings.connect_timeout);
+        }
         Ok(Self {
-            db: Db::new(&pool_settings),
+            db,
             pool_settings,
+            listener_target,
             listener: None,
             embedded,
         })
@@ -75,7 +114,8 @@ impl Database {
     /// outside the pool, in the slot of `connection_limit` the pool leaves free.
     pub fn start_listener(&mut self, hub: Hub) {
         self.listener = Some(Listener::spawn(
-            self.pool_settings.session_config(),
+            self.listener_target.0.clone(),
+            self.listener_target.1.clone(),
             self.pool_settings.connect_timeout,
             self.db.clone(),
             hub,
@@ -106,6 +146,8 @@ impl Database {
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
     state: AppState,
     database: Database,
 }
@@ -137,9 +179,17 @@ impl Application {
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;
-            anyhow::Ok(listener)
+            let metrics = match settings.metrics_listen {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr} (CHATPOOL_METRICS_LISTEN)"))?,
+                ),
+                None => None,
+            };
+            anyhow::Ok((listener, metrics))
         };
-        let listener = match prepared.await {
+        let (listener, metrics_listener) = match prepared.await {
             Ok(l) => l,
             Err(e) => {
                 database.close().await;
@@ -147,6 +197,10 @@ impl Application {
             }
         };
         let addr = listener.local_addr()?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         crate::metrics::handle();
         let mut database = database;
         let state = AppState::new(settings, database.db.clone(), Shutdown::new());
@@ -154,9 +208,16 @@ impl Application {
         Ok(Self {
             listener,
             addr,
+            metrics_listener,
+            metrics_addr,
             state,
             database,
         })
+    }
+
+    /// The address `/metrics` is served on when `CHATPOOL_METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The address actually bound.
@@ -193,6 +254,8 @@ impl Application {
         let Application {
             listener,
             addr,
+            metrics_listener,
+            metrics_addr,
             state,
             database,
         } = self;
@@ -205,9 +268,21 @@ impl Application {
             state.settings().max_http_connections,
             close_http.clone(),
         ));
+        let metrics_server = metrics_listener.map(|l| {
+            tokio::spawn(crate::http::server::serve(
+                l,
+                crate::http::metrics_router(state.clone()),
+                METRICS_CONNECTIONS,
+                close_http.clone(),
+            ))
+        });
         crate::expiry::spawn(&state);
         spawn_limits_pruner(&state);
+        spawn_pool_reaper(&state);
         tracing::info!("listening on http://{addr}");
+        if let Some(metrics) = metrics_addr {
+            tracing::info!("metrics on http://{metrics}/metrics");
+        }
 
         tokio::select! {
             () = stop => {}
@@ -229,6 +304,9 @@ impl Application {
             tracing::info!("in-flight HTTP requests finished");
             close_http.cancel();
             let _ = (&mut server).await;
+            if let Some(metrics) = metrics_server {
+                let _ = metrics.await;
+            }
             tracing::info!("stopped accepting connections");
         };
         let drained = tokio::time::timeout_at((deadline - reserve).into(), drain)
@@ -272,6 +350,35 @@ fn spawn_limits_pruner(state: &AppState) {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(crate::limits::PRUNE_EVERY) => state.limits().prune(),
+            }
+        }
+    });
+}
+
+/// Closes pooled connections idle past `CHATPOOL_POOL_IDLE_TIMEOUT_MS` (or
+/// older than the URL's `max_connection_lifetime`), checking a few times per
+/// timeout, until shutdown starts: a quiet server holds no pooled
+/// connections, only the listener's.
+fn spawn_pool_reaper(state: &AppState) {
+    let state = state.clone();
+    let tracker = state.shutdown().tracker().clone();
+    let idle = state.settings().database.idle_timeout;
+    let lifetime = state.settings().database.max_lifetime;
+    let period = lifetime
+        .map_or(idle, |l| l.min(idle))
+        .div_f64(4.0)
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    tracker.spawn(async move {
+        let stop = state.shutdown().token();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {
+                    let closed = state.db().retire_idle(idle, lifetime);
+                    if closed > 0 {
+                        tracing::debug!(closed, "closed idle pooled connections");
+                    }
+                }
             }
         }
     });

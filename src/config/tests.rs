@@ -9,7 +9,7 @@ fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Settings::from_lookup(None, |k| map.get(k).cloned())
+    Settings::from_lookup(|k| map.get(k).cloned())
 }
 
 fn url_err(url: &str) -> ConfigError {
@@ -66,15 +66,6 @@ fn tx_max_wait_env_wins_over_pool_timeout() {
     ])
     .unwrap();
     assert_eq!(s.database.max_wait, Duration::from_millis(150));
-}
-
-#[test]
-fn flag_wins_over_environment_for_listen() {
-    let s = Settings::from_lookup(Some("0.0.0.0:0"), |k| {
-        (k == "CHATPOOL_LISTEN").then(|| "127.0.0.1:9999".to_owned())
-    })
-    .unwrap();
-    assert_eq!(s.listen, "0.0.0.0:0".parse().unwrap());
 }
 
 #[test]
@@ -219,4 +210,159 @@ fn trusted_proxies_are_addresses_or_networks() {
     assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
     assert!(settings(&[("CHATPOOL_TRUSTED_PROXIES", "10.0.0.0/33")]).is_err());
     assert!(settings(&[("CHATPOOL_TRUSTED_PROXIES", "proxy.local")]).is_err());
+}
+
+#[test]
+fn the_seeds_prisma_url_works_unchanged() {
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgresql://user:pass@host:5432/db?schema=public&connection_limit=10&pool_timeout=20&connect_timeout=10",
+    )])
+    .unwrap();
+    let db = &s.database;
+    assert_eq!(db.connection_limit, 10);
+    assert_eq!(db.max_wait, Duration::from_secs(20));
+    assert_eq!(db.connect_timeout, Duration::from_secs(10));
+    assert_eq!(db.session.schema.as_deref(), Some("public"));
+    assert!(db.session.statement_cache && !db.session.pgbouncer);
+    assert_eq!(db.tls.mode, SslMode::Prefer);
+}
+
+#[test]
+fn every_prisma_parameter_is_taken_with_its_meaning() {
+    let s = settings(&[
+        (
+            "DATABASE_URL",
+            "postgresql://u:p@bouncer:6432/db?pgbouncer=true&statement_cache_size=100&socket_timeout=7\
+             &sslmode=require&sslcert=/etc/ca.pem&sslaccept=strict&application_name=crm\
+             &options=-c%20work_mem%3D8MB&max_idle_connection_lifetime=30&max_connection_lifetime=600\
+             &channel_binding=prefer",
+        ),
+        (
+            "CHATPOOL_LISTENER_DATABASE_URL",
+            "postgresql://u:p@db:5432/db?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+        ),
+    ])
+    .unwrap();
+    let db = &s.database;
+    assert!(db.session.pgbouncer);
+    assert!(!db.session.statement_cache, "pgbouncer=true turns it off");
+    assert_eq!(db.session.options.as_deref(), Some("-c work_mem=8MB"));
+    // strict upgrades require to a verified certificate.
+    assert_eq!(db.tls.mode, SslMode::VerifyFull);
+    assert_eq!(
+        db.tls.root_cert.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+    assert_eq!(db.idle_timeout, Duration::from_secs(30));
+    assert_eq!(db.max_lifetime, Some(Duration::from_secs(600)));
+    let DatabaseSource::Url(cfg) = &db.source else {
+        panic!("a URL")
+    };
+    assert_eq!(cfg.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    let listener = db.listener.as_ref().expect("a listener target");
+    assert_eq!(listener.tls.mode, SslMode::VerifyCa);
+    assert_eq!(listener.driver.get_ports(), &[5432]);
+
+    let s = settings(&[("DATABASE_URL", "postgres://u@h/d?statement_cache_size=0")]).unwrap();
+    assert!(!s.database.session.statement_cache);
+    // CHATPOOL_POOL_IDLE_TIMEOUT_MS wins over max_idle_connection_lifetime.
+    let s = settings(&[
+        (
+            "DATABASE_URL",
+            "postgres://u@h/d?max_idle_connection_lifetime=30",
+        ),
+        ("CHATPOOL_POOL_IDLE_TIMEOUT_MS", "5s"),
+    ])
+    .unwrap();
+    assert_eq!(s.database.idle_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_and_unsupported_url_parameters_are_refused_by_name() {
+    for (url, param) in [
+        ("postgres://u@h/d?conection_limit=5", "conection_limit"),
+        ("postgres://u@h/d?sslidentity=id.p12", "sslidentity"),
+        ("postgres://u@h/d?sslpassword=x", "sslpassword"),
+        ("postgres://u@h/d?sslmode=allow", "sslmode"),
+        ("postgres://u@h/d?sslaccept=maybe", "sslaccept"),
+        (
+            "postgres://u@h/d?sslmode=verify-full&sslaccept=accept_invalid_certs",
+            "sslaccept",
+        ),
+        ("postgres://u@h/d?pgbouncer=yes", "pgbouncer"),
+        (
+            "postgres://u@h/d?statement_cache_size=-1",
+            "statement_cache_size",
+        ),
+        ("postgres://u@h/d?schema=a;drop", "schema"),
+        ("postgres://u@h/d?schema=pg_catalog", "schema"),
+        ("postgres://u@h/d?socket_timeout=0", "socket_timeout"),
+        // LISTEN and migrations cannot go through PgBouncer.
+        ("postgres://u@h/d?pgbouncer=true", "pgbouncer"),
+    ] {
+        let e = url_err(url);
+        assert_eq!(e.param, param, "{url}: {e}");
+        assert!(e.to_string().contains(param), "{e}");
+    }
+    let e = settings(&[("CHATPOOL_LISTENER_DATABASE_URL", "postgres://u@h/d")]).unwrap_err();
+    assert_eq!(e.param, "CHATPOOL_LISTENER_DATABASE_URL");
+}
+
+#[test]
+fn a_unix_socket_host_never_asks_for_tls() {
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgres://u@%2Fvar%2Frun%2Fpostgresql/d?sslmode=require",
+    )])
+    .unwrap();
+    let DatabaseSource::Url(cfg) = &s.database.source else {
+        panic!("a URL")
+    };
+    assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+}
+
+#[test]
+fn cors_origins_are_off_any_or_a_list_of_origins() {
+    assert_eq!(settings(&[]).unwrap().cors, CorsOrigins::Off);
+    let any = settings(&[("CHATPOOL_CORS_ORIGINS", "*")]).unwrap();
+    assert_eq!(any.cors, CorsOrigins::Any);
+    let list = settings(&[(
+        "CHATPOOL_CORS_ORIGINS",
+        "https://crm.example.com, http://localhost:3000",
+    )])
+    .unwrap();
+    assert_eq!(
+        list.cors,
+        CorsOrigins::List(vec![
+            "https://crm.example.com".into(),
+            "http://localhost:3000".into()
+        ])
+    );
+    for bad in [
+        "crm.example.com",
+        "https://crm.example.com/app",
+        "ftp://x",
+        "https://x/",
+    ] {
+        let e = settings(&[("CHATPOOL_CORS_ORIGINS", bad)]).unwrap_err();
+        assert_eq!(e.param, "CHATPOOL_CORS_ORIGINS", "{bad}");
+    }
+}
+
+#[test]
+fn millisecond_settings_take_humantime_durations_too() {
+    let s = settings(&[
+        ("CHATPOOL_TX_TIMEOUT_MS", "3s"),
+        ("CHATPOOL_SHUTDOWN_TIMEOUT_MS", "1m"),
+        ("CHATPOOL_TX_MAX_WAIT_MS", "250"),
+        ("CHATPOOL_METRICS_LISTEN", "127.0.0.1:0"),
+    ])
+    .unwrap();
+    assert_eq!(s.database.tx_timeout, Duration::from_secs(3));
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(60));
+    assert_eq!(s.database.max_wait, Duration::from_millis(250));
+    assert_eq!(s.database.idle_timeout, Duration::from_secs(600));
+    assert_eq!(s.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
 }

@@ -3,11 +3,12 @@
 //! Several instances may start at once against one database; the
 //! `pg_advisory_lock` makes them take turns, and the second finds nothing to do.
 
+use diesel::pg::Pg;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncMigrationHarness, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::{Db, PooledConn};
+use super::Db;
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -24,11 +25,14 @@ const LOCK_KEY: i64 = 0x0063_6861_7470_6f6f;
 /// # Errors
 /// Acquisition failures, a failing migration, or lock errors.
 pub async fn run_pending(db: &Db) -> anyhow::Result<Vec<String>> {
-    with_lock(db.acquire().await?, |h| {
-        h.run_pending_migrations(MIGRATIONS)
-            .map(|v| v.iter().map(ToString::to_string).collect())
-    })
-    .await
+    let work = Work::RunPending;
+    match db.direct() {
+        Some((driver, tls, limit)) => {
+            let conn = super::pool::connect(driver, tls, *limit).await?;
+            with_lock(conn, db.schema(), work).await
+        }
+        None => with_lock(db.acquire().await?, db.schema(), work).await,
+    }
 }
 
 /// Reverts every migration (for tests of the down migrations).
@@ -37,20 +41,23 @@ pub async fn run_pending(db: &Db) -> anyhow::Result<Vec<String>> {
 /// As [`run_pending`].
 #[cfg(any(test, feature = "testkit"))]
 pub async fn revert_all(db: &Db) -> anyhow::Result<Vec<String>> {
-    with_lock(db.acquire().await?, |h| {
-        h.revert_all_migrations(MIGRATIONS)
-            .map(|v| v.iter().map(ToString::to_string).collect())
-    })
-    .await
+    with_lock(db.acquire().await?, db.schema(), Work::RevertAll).await
 }
 
-type Harness = AsyncMigrationHarness<PooledConn>;
-type MigrationResult = diesel::migration::Result<Vec<String>>;
+/// What to do under the lock.
+#[derive(Clone, Copy)]
+enum Work {
+    RunPending,
+    #[cfg_attr(not(any(test, feature = "testkit")), allow(dead_code))]
+    RevertAll,
+}
 
-async fn with_lock(
-    conn: PooledConn,
-    work: impl FnOnce(&mut Harness) -> MigrationResult,
-) -> anyhow::Result<Vec<String>> {
+/// Runs `work` on `conn` under the advisory lock, in `schema` (created first
+/// if missing).
+async fn with_lock<C>(conn: C, schema: Option<&str>, work: Work) -> anyhow::Result<Vec<String>>
+where
+    C: AsyncConnection<Backend = Pg> + Send + 'static,
+{
     let mut conn = conn;
     // Waiting for another instance's migrations, and a migration itself, may
     // take longer than any request: no statement timeout until done.
@@ -61,8 +68,22 @@ async fn with_lock(
         .bind::<BigInt, _>(LOCK_KEY)
         .execute(&mut conn)
         .await?;
+    if let Some(schema) = schema {
+        // A name made of letters, digits and `_` only (config checks it).
+        diesel::sql_query(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await?;
+    }
     let mut harness = AsyncMigrationHarness::new(conn);
-    let outcome = work(&mut harness).map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+    let versions = match work {
+        Work::RunPending => harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|v| v.iter().map(ToString::to_string).collect()),
+        Work::RevertAll => harness
+            .revert_all_migrations(MIGRATIONS)
+            .map(|v| v.iter().map(ToString::to_string).collect()),
+    };
+    let outcome = versions.map_err(|e| anyhow::anyhow!("migration failed: {e}"));
     let mut conn = harness.into_inner();
     diesel::sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(LOCK_KEY)

@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod migrations;
 pub mod pool;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +110,18 @@ pub struct Db {
     pool: PgPool,
     max_wait: Duration,
     tx_timeout: Duration,
+    /// What opens every transaction ([`PoolSettings::begin_sql`]).
+    begin: Arc<str>,
+    /// Behind a PgBouncer: every statement runs inside a transaction, even
+    /// through [`Db::run`], since a session cannot be relied on in between.
+    transactions_only: bool,
+    /// For the cancel request after a timeout.
+    tls: tls::Tls,
+    /// Prisma's `schema`: where the tables live (migrations create it).
+    schema: Option<Arc<str>>,
+    /// Behind a PgBouncer: a direct session to PostgreSQL for migrations,
+    /// which need a session-level advisory lock.
+    direct: Option<Arc<(tokio_postgres::Config, tls::Tls, Duration)>>,
     /// The database's notification key: read at start-up (a random one
     /// until then, which no other instance would believe).
     channel: Arc<std::sync::RwLock<channel::ChannelKey>>,
@@ -121,6 +134,11 @@ impl Db {
             pool: pool::build(settings),
             max_wait: settings.max_wait,
             tx_timeout: settings.tx_timeout,
+            begin: settings.begin_sql().into(),
+            transactions_only: settings.session.pgbouncer,
+            tls: settings.tls.clone(),
+            schema: settings.session.schema.as_deref().map(Arc::from),
+            direct: None,
             channel: Arc::new(std::sync::RwLock::new(channel::ChannelKey::random())),
         }
     }
@@ -139,6 +157,23 @@ impl Db {
             .channel
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+    }
+
+    /// Sends migrations over `direct` (a session to PostgreSQL itself, not
+    /// through the PgBouncer); opened only while they run, before the
+    /// listener takes the slot of `connection_limit` it uses.
+    pub fn set_direct(&mut self, driver: tokio_postgres::Config, tls: tls::Tls, limit: Duration) {
+        self.direct = Some(Arc::new((driver, tls, limit)));
+    }
+
+    /// The direct session for migrations, if the pool cannot serve them.
+    pub fn direct(&self) -> Option<&(tokio_postgres::Config, tls::Tls, Duration)> {
+        self.direct.as_deref()
+    }
+
+    /// The schema chatpool's tables live in, when not `public`.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
     }
 
     /// The wait limit for a connection (`CHATPOOL_TX_MAX_WAIT_MS`).
@@ -222,8 +257,12 @@ impl Db {
             return Err(DbError::Busy.into());
         }
         let conn = self.acquire_within(wait.min(self.max_wait)).await?;
-        let tx_timeout = self.tx_timeout;
-        let task = tokio::spawn(run_transaction(conn, tx_timeout, work));
+        let limits = Limits {
+            tx_timeout: self.tx_timeout,
+            begin: self.begin.clone(),
+            tls: self.tls.clone(),
+        };
+        let task = tokio::spawn(run_transaction(conn, limits, work));
         match task.await {
             Ok(result) => result,
             Err(e) => Err(E::from(DbError::Unavailable(format!(
@@ -238,7 +277,8 @@ impl Db {
     /// around it, so it costs one round trip; a single statement is atomic on
     /// its own. The limits are those of [`Db::transaction`]: the wait limit,
     /// and the time limit as the session's `statement_timeout` on the server
-    /// plus a timer here (after which the statement is cancelled).
+    /// plus a timer here (after which the statement is cancelled). Behind a
+    /// PgBouncer it runs inside a transaction after all.
     ///
     /// # Errors
     /// As [`Db::transaction`], with the query's own failure as a [`DbError`].
@@ -247,8 +287,17 @@ impl Db {
         F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> QueryFn<'c, T> + Send + 'static,
         T: Send + 'static,
     {
+        if self.transactions_only {
+            return self
+                .transaction(move |c| {
+                    use futures_util::FutureExt;
+                    query(c).map(|r| r.map_err(DbError::from)).boxed()
+                })
+                .await;
+        }
         let mut conn = self.acquire().await?;
         let tx_timeout = self.tx_timeout;
+        let tls = self.tls.clone();
         let task = tokio::spawn(async move {
             match tokio::time::timeout(tx_timeout, query(&mut conn)).await {
                 Ok(result) => result.map_err(DbError::from),
@@ -258,7 +307,7 @@ impl Db {
                         timeout_ms = tx_timeout.as_millis() as u64,
                         "statement ran past its time limit"
                     );
-                    recover_after_timeout(conn).await;
+                    recover_after_timeout(conn, &tls).await;
                     Err(DbError::Timeout)
                 }
             }
@@ -278,6 +327,19 @@ impl Db {
             .unwrap_or(Err(DbError::Busy))
     }
 
+    /// Closes the idle pooled connections unused for `idle` or older than
+    /// `max_lifetime` (SPEC §6, "Pool at rest"); returns how many. The pool
+    /// opens new ones on demand.
+    pub fn retire_idle(&self, idle: Duration, max_lifetime: Option<Duration>) -> usize {
+        let removed = self
+            .pool
+            .retain(|_, m| m.last_used() < idle && max_lifetime.is_none_or(|l| m.age() < l))
+            .removed;
+        let n = removed.len();
+        drop(removed);
+        n
+    }
+
     /// Closes the pool: waiting callers fail and idle connections are dropped;
     /// connections in use close when they are returned.
     pub fn close(&self) {
@@ -285,27 +347,29 @@ impl Db {
     }
 }
 
+/// What bounds one transaction.
+struct Limits {
+    tx_timeout: Duration,
+    begin: Arc<str>,
+    tls: tls::Tls,
+}
+
 /// `BEGIN`, `SET LOCAL statement_timeout`, `work`, `COMMIT` (or `ROLLBACK`),
 /// bounded by `tx_timeout`. Transaction control is plain SQL on the
 /// connection, so after a timeout this function alone knows the state and can
 /// put the connection back in order (see [`recover_after_timeout`]).
-async fn run_transaction<T, E, F>(
-    mut conn: PooledConn,
-    tx_timeout: Duration,
-    work: F,
-) -> Result<T, E>
+async fn run_transaction<T, E, F>(mut conn: PooledConn, limits: Limits, work: F) -> Result<T, E>
 where
     F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> TxFn<'c, T, E> + Send,
     E: From<DbError> + From<DieselError> + Send,
 {
+    let tx_timeout = limits.tx_timeout;
     let timeout_ms = tx_timeout.as_millis();
     let run = async {
         let c: &mut AsyncPgConnection = &mut conn;
-        c.batch_execute(&format!(
-            "BEGIN; SET LOCAL statement_timeout = {timeout_ms}"
-        ))
-        .await
-        .map_err(DbError::from)?;
+        c.batch_execute(&limits.begin)
+            .await
+            .map_err(DbError::from)?;
         match work(c).await {
             Ok(value) => {
                 c.batch_execute("COMMIT").await.map_err(DbError::from)?;
@@ -327,7 +391,7 @@ where
                 timeout_ms = timeout_ms as u64,
                 "transaction ran past its time limit"
             );
-            recover_after_timeout(conn).await;
+            recover_after_timeout(conn, &limits.tls).await;
             Err(DbError::Timeout.into())
         }
     }
@@ -339,11 +403,10 @@ where
 /// still holding its slot, so no replacement is opened while the old backend
 /// lingers. If that fails the connection is taken out of the pool and closed:
 /// never handed out again, never left "idle in transaction".
-async fn recover_after_timeout(mut conn: PooledConn) {
+async fn recover_after_timeout(mut conn: PooledConn, tls: &tls::Tls) {
     const STEP_LIMIT: Duration = Duration::from_secs(1);
     let token = conn.cancel_token();
-    let cancelled =
-        tokio::time::timeout(STEP_LIMIT, token.cancel_query(tokio_postgres::NoTls)).await;
+    let cancelled = tokio::time::timeout(STEP_LIMIT, token.cancel_query(tls.connector())).await;
     if !matches!(cancelled, Ok(Ok(()))) {
         tracing::warn!("could not cancel a timed-out statement");
     }

@@ -13,6 +13,9 @@ use diesel_async::pooled_connection::{
 use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 
+use super::tls::Tls;
+use crate::config::SessionSettings;
+
 /// The process's pool type.
 pub type PgPool = Pool<AsyncPgConnection>;
 
@@ -25,6 +28,14 @@ pub const APPLICATION_NAME: &str = "chatpool";
 pub struct PoolSettings {
     /// Driver configuration (host, user, database, ...).
     pub driver: tokio_postgres::Config,
+    /// How connections are encrypted (the cancel request too).
+    pub tls: Tls,
+    /// Schema, PgBouncer mode, statement cache, the URL's `options`.
+    pub session: SessionSettings,
+    /// A pooled connection idle for longer is closed.
+    pub idle_timeout: Duration,
+    /// A pooled connection older than this is closed once idle.
+    pub max_lifetime: Option<Duration>,
     /// Connections the pool may hold (`connection_limit - 1`).
     pub max_size: usize,
     /// Longest wait for a free connection.
@@ -50,18 +61,64 @@ impl PoolSettings {
     /// exception, the username prefix search (`LIKE $1` becomes an index
     /// range only for a known pattern), asks for custom plans itself
     /// (`store::users::custom_plans`).
+    ///
+    /// Behind a PgBouncer (`pgbouncer=true`) nothing is set at startup: the
+    /// session is not chatpool's. Every transaction sets what it needs
+    /// instead ([`PoolSettings::begin_sql`]).
     pub fn session_config(&self) -> tokio_postgres::Config {
         let mut cfg = self.driver.clone();
-        let backstop = (self.tx_timeout * 2).max(Duration::from_secs(10));
         cfg.application_name(APPLICATION_NAME);
-        cfg.options(format!(
-            "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
-             -c plan_cache_mode=force_generic_plan",
-            self.tx_timeout.as_millis(),
-            backstop.as_millis()
-        ));
+        if !self.session.pgbouncer {
+            cfg.options(self.startup_options());
+        }
         cfg.connect_timeout(self.connect_timeout);
         cfg
+    }
+
+    /// The server settings of every session opened directly: the URL's own
+    /// `options` first, chatpool's after (so they win).
+    pub fn startup_options(&self) -> String {
+        let mut options = self.session.options.clone().unwrap_or_default();
+        for (name, value) in self.session_settings() {
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c {name}={value}"));
+        }
+        options
+    }
+
+    /// What starts every transaction: `BEGIN` and its `statement_timeout`
+    /// (and, behind a PgBouncer, every session setting), in one round trip.
+    pub fn begin_sql(&self) -> String {
+        let mut sql = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            self.tx_timeout.as_millis()
+        );
+        if self.session.pgbouncer {
+            for (name, value) in self.session_settings() {
+                if name != "statement_timeout" {
+                    sql.push_str(&format!("; SET LOCAL {name} = {value}"));
+                }
+            }
+        }
+        sql
+    }
+
+    fn session_settings(&self) -> Vec<(&'static str, String)> {
+        let backstop = (self.tx_timeout * 2).max(Duration::from_secs(10));
+        let mut settings = vec![
+            ("statement_timeout", self.tx_timeout.as_millis().to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                backstop.as_millis().to_string(),
+            ),
+            ("plan_cache_mode", "force_generic_plan".to_owned()),
+        ];
+        if let Some(schema) = &self.session.schema {
+            settings.push(("search_path", format!("\"{schema}\"")));
+        }
+        settings
     }
 }
 
@@ -71,13 +128,18 @@ impl PoolSettings {
 /// The driver's error, or a timeout, as a [`ConnectionError`].
 pub async fn connect(
     cfg: &tokio_postgres::Config,
+    tls: &Tls,
     limit: Duration,
 ) -> Result<AsyncPgConnection, ConnectionError> {
     let open = async {
-        let (client, connection) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        let (client, connection) = cfg.connect(tls.connector()).await.map_err(|e| {
+            // The driver's message names the step ("error performing TLS
+            // handshake"); the cause says why.
+            let why = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            ConnectionError::BadConnection(format!("{e}{why}"))
+        })?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await
     };
     tokio::time::timeout(limit, open)
@@ -88,6 +150,8 @@ pub async fn connect(
 /// Builds the pool. Connections are opened lazily, up to `max_size`.
 pub fn build(settings: &PoolSettings) -> PgPool {
     let cfg = settings.session_config();
+    let tls = settings.tls.clone();
+    let statement_cache = settings.session.statement_cache;
     let connect_timeout = settings.connect_timeout;
     let mut manager_config = ManagerConfig::default();
     // No test query on checkout: a connection whose socket closed, or that was
@@ -98,8 +162,16 @@ pub fn build(settings: &PoolSettings) -> PgPool {
     // backend still exists: a brief excursion above `connection_limit`.
     manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |_url| {
-        let cfg = cfg.clone();
-        async move { connect(&cfg, connect_timeout).await }.boxed()
+        let (cfg, tls) = (cfg.clone(), tls.clone());
+        async move {
+            let mut conn = connect(&cfg, &tls, connect_timeout).await?;
+            if !statement_cache {
+                use diesel_async::AsyncConnection;
+                conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+            }
+            Ok(conn)
+        }
+        .boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         "postgres://chatpool (configured in code)",

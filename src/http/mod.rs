@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod cors;
 mod extract;
 mod ops;
 mod rooms;
@@ -23,6 +24,7 @@ use axum::routing::{delete, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -32,12 +34,24 @@ use crate::state::AppState;
 /// Largest request body accepted (SPEC: 413 `too_large` above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Builds the router with every route and layer.
-pub fn router(state: AppState) -> Router {
+/// The router of `CHATPOOL_METRICS_LISTEN`: `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
     Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Builds the router with every route and layer. `/metrics` is served here
+/// unless `CHATPOOL_METRICS_LISTEN` gives it an address of its own.
+pub fn router(state: AppState) -> Router {
+    let mut routes = Router::new();
+    if state.settings().metrics_listen.is_none() {
+        routes = routes.route("/metrics", get(ops::metrics));
+    }
+    routes
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/ws", get(crate::ws::upgrade))
         .route("/api/auth/register", post(accounts::register))
         .route("/api/auth/login", post(accounts::login))
@@ -66,9 +80,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             server::drain_gate,
         ))
-        .layer(middleware::from_fn(count_requests))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+        .layer(cors::layer(&state.settings().cors))
         .with_state(state)
 }
 
@@ -127,19 +145,57 @@ fn route_label(request: &Request) -> String {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
 }
 
-async fn count_requests(request: Request, next: Next) -> Response {
+/// Counts, times and logs every request: one `info` line with method, route
+/// pattern, status, duration and request id (SPEC §6), never the URI, a
+/// query string, a token or a body.
+async fn observe(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let route = route_label(&request);
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request done"
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    let request_id = response
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(
+        target: "chatpool::http",
+        method,
+        route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id,
+        "request"
     );
     response
+}
+
+/// The request id header, taken from the request or made (SPEC §6).
+const REQUEST_ID: &str = "x-request-id";
+
+/// A request id from the client is kept only if it is 1 to 128 characters
+/// of `A-Za-z0-9` and `-_.:`; anything else (a forged log line, a huge
+/// value) is dropped and a fresh one made.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    let headers = request.headers_mut();
+    if headers.get_all(REQUEST_ID).iter().count() > 1
+        || headers.get(REQUEST_ID).is_some_and(|v| !usable(v))
+    {
+        headers.remove(REQUEST_ID);
+    }
+    request
 }
 
 /// `axum::Json` whose rejections are SPEC errors: 400 `bad_request` for bad

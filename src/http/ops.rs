@@ -64,9 +64,6 @@ fn render_metrics(db: &Db) -> String {
     metrics::gauge!(m::DB_POOL_SIZE).set(status.size as f64);
     metrics::gauge!(m::DB_POOL_AVAILABLE).set(status.available as f64);
     metrics::gauge!(m::DB_POOL_WAITING).set(status.waiting as f64);
-    // Make sure the counters exist from the first scrape on.
-    metrics::counter!(m::DB_POOL_TIMEOUTS_TOTAL).increment(0);
-    metrics::counter!(m::MESSAGES_TOTAL).increment(0);
-    metrics::gauge!(m::WS_SESSIONS).increment(0.0);
+    m::process_collector().collect();
     m::handle().render()
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::deliver;
+use crate::db::tls::Tls;
 use crate::db::{pool, Db, DbError};
 use crate::events::Event;
 use crate::hub::Hub;
@@ -50,12 +51,18 @@ impl Listener {
     /// Starts listening with `driver` (chatpool's session settings applied).
     pub fn spawn(
         driver: tokio_postgres::Config,
+        tls: Tls,
         connect_timeout: Duration,
         db: Db,
         hub: Hub,
     ) -> Self {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(driver, connect_timeout, db, hub, stop.clone()));
+        let target = Target {
+            driver,
+            tls,
+            connect_timeout,
+        };
+        let task = tokio::spawn(run(target, db, hub, stop.clone()));
         Self { stop, task }
     }
 
@@ -67,13 +74,14 @@ impl Listener {
     }
 }
 
-async fn run(
+/// Where the listener connects.
+struct Target {
     driver: tokio_postgres::Config,
+    tls: Tls,
     connect_timeout: Duration,
-    db: Db,
-    hub: Hub,
-    stop: CancellationToken,
-) {
+}
+
+async fn run(target: Target, db: Db, hub: Hub, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     // Where each room stood when the connection was lost.
@@ -82,7 +90,7 @@ async fn run(
     loop {
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
-            conn = listen(&driver, connect_timeout) => conn,
+            conn = listen(&target) => conn,
         };
         let mut conn = match attempt {
             Ok(conn) => conn,
@@ -141,18 +149,17 @@ async fn run(
 }
 
 /// Opens the dedicated connection and subscribes to the channel.
-async fn listen(
-    driver: &tokio_postgres::Config,
-    connect_timeout: Duration,
-) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+async fn listen(target: &Target) -> anyhow::Result<diesel_async::AsyncPgConnection> {
     use diesel_async::SimpleAsyncConnection;
-    let mut conn = pool::connect(driver, connect_timeout).await?;
+    let mut conn = pool::connect(&target.driver, &target.tls, target.connect_timeout).await?;
     conn.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     Ok(conn)
 }
 
-/// Applies one notification (one or more events) to the hub, in order, if
-/// chatpool signed it and its sender may write chatpool's tables.
+/// Applies one notification (one or more events) to the hub if chatpool
+/// signed it: access changes and cache evictions at once, then messages and
+/// socket-closing revocations, in order, if its sender may write chatpool's
+/// tables.
 async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &str) {
     let key = db.channel_key();
     let Some(body) = key.open(payload) else {
@@ -165,8 +172,28 @@ async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &s
     let Some(items) = unpack(body) else {
         return tracing::debug!(bytes = body.len(), "ignoring an unknown notification");
     };
+    // What is safe to believe from anyone applies at once, before the sender
+    // check's round trip: forgetting a cached token (the next request reads
+    // the table) and an access re-check (sessions read the tables).
+    let mut checked = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Payload::Revoked { token_id } => {
+                hub.tokens().revoke(token_id);
+                checked.push(item);
+            }
+            Payload::AccessChanged { user_id } => {
+                deliver(hub, &Event::AccessChanged { user_id });
+            }
+            Payload::Message { .. } => checked.push(item),
+        }
+    }
+    if checked.is_empty() {
+        return;
+    }
+    // What must come from a writer: a message shown, a socket closed.
     let events = match senders.check(db, pid).await {
-        Sender::Writer => resolve_all(db, items).await,
+        Sender::Writer => resolve_all(db, checked).await,
         Sender::NotWriter => {
             metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);
             return tracing::warn!(
@@ -174,7 +201,7 @@ async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &s
                 "ignoring a notification sent by a role that cannot write chatpool's tables"
             );
         }
-        Sender::Unknown => verified(db, items).await,
+        Sender::Unknown => verified(db, checked).await,
     };
     for event in &events {
         deliver(hub, event);

@@ -129,7 +129,7 @@ async fn start(
     db: Arc<TestDatabase>,
     http: reqwest::Client,
 ) -> TestApp {
-    let settings = Settings::from_lookup(None, |k| env.get(k).cloned()).expect("test settings");
+    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
     let app = Application::build(settings).await.expect("app builds");
     let addr = app.local_addr();
     let state = app.state().clone();

@@ -417,7 +417,7 @@ async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recov
                 .unwrap(),
         );
         let url = pg.url(Cluster::DEFAULT_DATABASE);
-        let settings = Settings::from_lookup(None, |k| match k {
+        let settings = Settings::from_lookup(|k| match k {
             "DATABASE_URL" => Some(url.clone()),
             "CHATPOOL_LISTEN" => Some("127.0.0.1:0".into()),
             _ => None,

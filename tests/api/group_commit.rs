@@ -2,6 +2,7 @@
 //! batch (gapless seqs, idempotency, refusals one by one, the time limit,
 //! the connection cap).
 
+use chatpool::testkit::admin::admin_count;
 use chatpool::testkit::pg::sql_client;
 use chatpool::testkit::seed::{count_client_id, seed_room, seed_user, seed_users, stored_seqs};
 use chatpool::testkit::{bounded, AppOptions, Role, TestApp};
@@ -39,7 +40,7 @@ async fn send_all(
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_senders_on_two_instances_get_seqs_1_to_n_without_gaps_or_duplicates() {
     bounded(async {
-        let (a, b, _, _) = two_instances(5).await;
+        let (a, b, role_a, role_b) = two_instances(5).await;
         let users = seed_users(&a, "gc", 16, Role::Member).await;
         let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
         let room = seed_room(&a, ids[0], &ids[1..]).await;
@@ -49,10 +50,15 @@ async fn concurrent_senders_on_two_instances_get_seqs_1_to_n_without_gaps_or_dup
         let seqs = stored_seqs(&a, room).await;
         assert_eq!(seqs, (1..=160).collect::<Vec<_>>());
         // The connection cap held for both: the pool's size never passes its max.
-        for app in [&a, &b] {
+        for (app, role) in [(&a, &role_a), (&b, &role_b)] {
             let status = app.pool_status();
             assert!(status.size <= status.max_size, "{status:?}");
-            assert!(app.server_connections().await <= 5);
+            let held = admin_count(&format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename = '{role}' AND application_name = 'chatpool'"
+            ))
+            .await;
+            assert!(held <= 5, "{role} holds {held}");
         }
     })
     .await;

@@ -158,7 +158,7 @@ async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bound
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
-                    if i % 50 == 0 {
+                    if i.is_multiple_of(50) {
                         peak.fetch_max(rss_kib(), Ordering::Relaxed);
                     }
                 }
