@@ -52,6 +52,7 @@ impl Database {
                 let opts = EmbeddedOptions {
                     data_dir: settings.data_dir.clone(),
                     max_connections: EMBEDDED_MAX_CONNECTIONS,
+                    settings: Vec::new(),
                 };
                 let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
                     .await

@@ -155,6 +155,7 @@ async fn run_all(scenarios: &[&str]) -> String {
     let options = ClusterOptions {
         max_connections: 100,
         durable: true,
+        settings: Vec::new(),
     };
     let cluster = Arc::new(
         tokio::task::spawn_blocking(move || Cluster::start(options))

@@ -74,6 +74,10 @@ pub struct EmbeddedOptions {
     /// `max_connections` for the server (default 100); it must exceed what every
     /// chatpool process sharing the cluster may open.
     pub max_connections: u32,
+    /// More server settings for the command line, after chatpool's own (so
+    /// they win): the test kit's TLS cluster listens on TCP with `ssl=on`.
+    /// Empty for chatpool itself.
+    pub settings: Vec<(String, String)>,
 }
 
 /// A running private PostgreSQL server (see the module docs).
@@ -123,7 +127,7 @@ impl EmbeddedPostgres {
         let owned = match existing_server(&runner, &pgdata)? {
             Existing::Running(pid) => adopt(&data_dir, pid)?,
             Existing::None => {
-                start_server(&runner, &data_dir, &pgdata, opts.max_connections)?;
+                start_server(&runner, &data_dir, &pgdata, opts)?;
                 write_owner(&data_dir)?;
                 true
             }

@@ -21,7 +21,7 @@ pub(super) fn start_server(
     runner: &Runner,
     data_dir: &Path,
     pgdata: &Path,
-    max_connections: u32,
+    opts: &super::EmbeddedOptions,
 ) -> Result<(), EmbeddedError> {
     let log = data_dir.join("postgres.log");
     let mut cmd = runner.command("pg_ctl");
@@ -32,7 +32,7 @@ pub(super) fn start_server(
         .args(["-w", "-t"])
         .arg(PG_CTL_TIMEOUT_SECS.to_string())
         .arg("-o")
-        .arg(server_options(pgdata, max_connections))
+        .arg(server_options(pgdata, opts.max_connections, &opts.settings))
         .arg("start");
     let result = run(cmd, None, Duration::from_secs(PG_CTL_TIMEOUT_SECS + 10));
     match check_success("pg_ctl start", result) {
@@ -82,8 +82,8 @@ pub(super) fn stop_server(
 ///
 /// The socket directory is given at every start (not stored in the cluster's
 /// configuration) so that it follows the data directory when that is moved.
-fn server_options(pgdata: &Path, max_connections: u32) -> String {
-    let words = [
+fn server_options(pgdata: &Path, max_connections: u32, extra: &[(String, String)]) -> String {
+    let mut words = vec![
         "-c".to_string(),
         "listen_addresses=".to_string(),
         "-c".to_string(),
@@ -96,6 +96,10 @@ fn server_options(pgdata: &Path, max_connections: u32) -> String {
         "-c".to_string(),
         format!("max_connections={max_connections}"),
     ];
+    for (name, value) in extra {
+        words.push("-c".to_string());
+        words.push(format!("{name}={value}"));
+    }
     words
         .iter()
         .map(|w| shell_quote(w))
@@ -124,7 +128,7 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(pg_list_item("/a b,c"), "\"/a b,c\"");
 
-        let opts = server_options(Path::new("/data/it's here/postgres"), 300);
+        let opts = server_options(Path::new("/data/it's here/postgres"), 300, &[]);
         assert_eq!(
             opts,
             r#"'-c' 'listen_addresses=' '-c' 'unix_socket_directories="/data/it'\''s here/postgres"' '-c' 'port=5432' '-c' 'max_connections=300'"#

@@ -81,6 +81,7 @@ fn cluster_starts_stops_and_keeps_its_data() {
     let opts = EmbeddedOptions {
         data_dir: tmp.path().join("data"),
         max_connections: 37,
+        settings: Vec::new(),
     };
 
     // First run: initialise and start.
@@ -144,6 +145,7 @@ fn cluster_starts_stops_and_keeps_its_data() {
     // A server that cannot start: the error quotes the log.
     let bad = EmbeddedOptions {
         max_connections: 0,
+        settings: Vec::new(),
         ..opts
     };
     let err = EmbeddedPostgres::start(&bad).unwrap_err().to_string();
@@ -171,6 +173,7 @@ fn as_root_a_data_directory_with_foreign_content_is_refused_and_left_alone() {
     let opts = EmbeddedOptions {
         data_dir: data.clone(),
         max_connections: 10,
+        settings: Vec::new(),
     };
     let Err(err) = EmbeddedPostgres::start(&opts) else {
         panic!("a directory with foreign content was used");

@@ -107,7 +107,8 @@ impl AppOptions {
             url = url.replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
         }
         let mut env = self.env;
-        env.insert("DATABASE_URL".into(), url);
+        // A test that gives its own URL (TLS, PgBouncer) keeps it.
+        env.entry("DATABASE_URL".into()).or_insert(url);
         env.entry("CHATPOOL_LISTEN".into())
             .or_insert_with(|| "127.0.0.1:0".into());
         // The abuse limits are off unless a test sets them: tests and benches

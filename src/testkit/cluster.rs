@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     /// Keep PostgreSQL's durable defaults (`fsync`, `synchronous_commit`,
     /// `full_page_writes` on) instead of turning them off for speed.
     pub durable: bool,
+    /// Server settings on its command line (TCP, TLS), after chatpool's own.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -54,6 +56,7 @@ impl ClusterOptions {
         ClusterOptions {
             max_connections: 300,
             durable: false,
+            settings: Vec::new(),
         }
     }
 }
@@ -92,6 +95,7 @@ impl Cluster {
         let opts = EmbeddedOptions {
             data_dir: dir.path().join("data"),
             max_connections: options.max_connections,
+            settings: options.settings.clone(),
         };
         let pg = EmbeddedPostgres::start(&opts)
             .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL cluster: {e}"));

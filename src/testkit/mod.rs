@@ -19,7 +19,8 @@
 //! - [`seed`]: users, tokens, roles, rooms and messages written straight to
 //!   the database through the server's own pool;
 //! - [`api`]: a typed client for the HTTP API; [`ws`]: a WebSocket client;
-//! - [`process`]: resident memory and the open-files limit of this process.
+//! - [`process`]: resident memory and the open-files limit of this process;
+//! - [`tls`]: a TLS-only cluster and a throwaway CA.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod pg;
 pub mod probe;
 pub mod process;
 pub mod seed;
+pub mod tls;
 pub mod ws;
 
 use std::time::Duration;

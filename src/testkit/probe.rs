@@ -94,6 +94,28 @@ impl TestApp {
             .await
     }
 
+    /// Like [`Self::sleep_in_transaction`], but with the server's own
+    /// `statement_timeout` lifted inside it: only chatpool's timer and its
+    /// cancel request can stop the sleep.
+    pub async fn sleep_past_the_server_timeout(&self, secs: f64) -> Result<(), DbError> {
+        self.state
+            .db()
+            .transaction(move |conn| {
+                async move {
+                    diesel::sql_query("SET LOCAL statement_timeout = 0")
+                        .execute(conn)
+                        .await?;
+                    diesel::sql_query("SELECT pg_sleep($1)")
+                        .bind::<Double, _>(secs)
+                        .execute(conn)
+                        .await?;
+                    Ok::<_, DbError>(())
+                }
+                .boxed()
+            })
+            .await
+    }
+
     /// Whether `table` (e.g. `public.messages`) exists, asked through the
     /// server's pool: to see migrations applied or reverted.
     pub async fn table_exists(&self, table: &str) -> bool {

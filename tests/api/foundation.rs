@@ -410,6 +410,7 @@ async fn while_postgres_is_down_requests_fail_fast_with_db_unavailable_and_recov
         let options = ClusterOptions {
             max_connections: 20,
             durable: true,
+            settings: Vec::new(),
         };
         let pg = Arc::new(
             tokio::task::spawn_blocking(move || Cluster::start(options))

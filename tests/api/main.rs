@@ -14,6 +14,7 @@ mod instances;
 mod limits;
 mod seeds;
 mod shutdown;
+mod tls;
 mod tokens;
 mod ws_access;
 mod ws_delivery;

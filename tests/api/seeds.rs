@@ -26,6 +26,7 @@ async fn a_client_per_request_exhausts_postgres_and_the_same_load_through_chatpo
                 Cluster::start(ClusterOptions {
                     max_connections: MAX_CONNECTIONS,
                     durable: false,
+                    settings: Vec::new(),
                 })
             })
             .await
