@@ -131,16 +131,51 @@ pub async fn connect(
     tls: &Tls,
     limit: Duration,
 ) -> Result<AsyncPgConnection, ConnectionError> {
+    open(cfg, tls, limit, false).await
+}
+
+/// Opens one connection. `behind_pgbouncer`: diesel-async's own setup
+/// statements (`SET TIME ZONE`, `SET CLIENT_ENCODING`, each a prepare and an
+/// execute) run inside a transaction that is then rolled back, because in
+/// PgBouncer's transaction mode the two halves of a statement outside a
+/// transaction may reach different server connections ("prepared statement
+/// does not exist"), and a session setting would leak to other clients.
+/// chatpool reads times in binary, where the time zone does not matter.
+async fn open(
+    cfg: &tokio_postgres::Config,
+    tls: &Tls,
+    limit: Duration,
+    behind_pgbouncer: bool,
+) -> Result<AsyncPgConnection, ConnectionError> {
+    let bad = |e: tokio_postgres::Error| {
+        // The driver's message names the step ("error performing TLS
+        // handshake"); the cause says why.
+        let why = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        ConnectionError::BadConnection(format!("{e}{why}"))
+    };
     let open = async {
-        let (client, connection) = cfg.connect(tls.connector()).await.map_err(|e| {
-            // The driver's message names the step ("error performing TLS
-            // handshake"); the cause says why.
-            let why = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            ConnectionError::BadConnection(format!("{e}{why}"))
-        })?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        let (client, mut connection) = cfg.connect(tls.connector()).await.map_err(bad)?;
+        if behind_pgbouncer {
+            tokio::select! {
+                begun = client.batch_execute("BEGIN") => begun.map_err(bad)?,
+                ended = &mut connection => {
+                    return Err(ConnectionError::BadConnection(format!(
+                        "connection closed during setup: {ended:?}"
+                    )))
+                }
+            }
+        }
+        let mut conn =
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+        if behind_pgbouncer {
+            use diesel_async::SimpleAsyncConnection;
+            conn.batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        }
+        Ok(conn)
     };
     tokio::time::timeout(limit, open)
         .await
@@ -152,6 +187,7 @@ pub fn build(settings: &PoolSettings) -> PgPool {
     let cfg = settings.session_config();
     let tls = settings.tls.clone();
     let statement_cache = settings.session.statement_cache;
+    let behind_pgbouncer = settings.session.pgbouncer;
     let connect_timeout = settings.connect_timeout;
     let mut manager_config = ManagerConfig::default();
     // No test query on checkout: a connection whose socket closed, or that was
@@ -164,7 +200,7 @@ pub fn build(settings: &PoolSettings) -> PgPool {
     manager_config.custom_setup = Box::new(move |_url| {
         let (cfg, tls) = (cfg.clone(), tls.clone());
         async move {
-            let mut conn = connect(&cfg, &tls, connect_timeout).await?;
+            let mut conn = open(&cfg, &tls, connect_timeout, behind_pgbouncer).await?;
             if !statement_cache {
                 use diesel_async::AsyncConnection;
                 conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);

@@ -165,6 +165,11 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("cannot restart the test PostgreSQL cluster: {e}"));
     }
 
+    /// The directory of the server's Unix socket (its data directory).
+    pub fn socket_dir(&self) -> std::path::PathBuf {
+        self.embedded().pgdata().to_path_buf()
+    }
+
     /// The temporary directory holding the cluster and its log.
     pub fn dir(&self) -> &Path {
         self.dir.path()

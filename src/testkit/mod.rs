@@ -20,7 +20,8 @@
 //!   the database through the server's own pool;
 //! - [`api`]: a typed client for the HTTP API; [`ws`]: a WebSocket client;
 //! - [`process`]: resident memory and the open-files limit of this process;
-//! - [`tls`]: a TLS-only cluster and a throwaway CA.
+//! - [`tls`]: a TLS-only cluster and a throwaway CA; [`pgbouncer`]: a real
+//!   PgBouncer in transaction mode.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod pg;
+pub mod pgbouncer;
 pub mod probe;
 pub mod process;
 pub mod seed;
