@@ -151,6 +151,13 @@ fn route_label(request: &Request) -> String {
 async fn observe(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let route = route_label(&request);
+    // Set (taken or made) by the outer request-id layer.
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
@@ -159,11 +166,6 @@ async fn observe(request: Request, next: Next) -> Response {
         .increment(1);
     metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route.clone())
         .record(elapsed.as_secs_f64());
-    let request_id = response
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     tracing::info!(
         target: "chatpool::http",
         method,

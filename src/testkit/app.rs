@@ -246,11 +246,11 @@ impl BinaryServer {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    // Pretty or JSON: the address ends where its characters do.
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
                     let _ = tx.send(addr);
                 }
                 sink.lock().expect("log lock").push(line);
@@ -313,6 +313,28 @@ impl BinaryServer {
                     self.log()
                 );
             }
+        }
+    }
+
+    /// Waits (up to `limit`) for a log line containing `needle` and returns it.
+    pub async fn wait_for_line(&self, needle: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

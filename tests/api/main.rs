@@ -12,6 +12,7 @@ mod http_messages;
 mod http_rooms;
 mod instances;
 mod limits;
+mod operations;
 mod pgbouncer;
 mod seeds;
 mod shutdown;
