@@ -191,6 +191,7 @@ impl ClientId {
     Deserialize,
     diesel::expression::AsExpression,
     diesel::deserialize::FromSqlRow,
+    utoipa::ToSchema,
 )]
 #[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "lowercase")]
@@ -254,7 +255,7 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
 }
 
 /// The SPEC's user object. Never carries a password or hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     /// User id.
     pub id: UserId,
@@ -266,11 +267,12 @@ pub struct UserView {
     pub role: Role,
     /// When the account was created.
     #[serde(serialize_with = "serialize_time")]
+    #[schema(example = "2026-11-22T10:00:00.123Z")]
     pub created_at: DateTime<Utc>,
 }
 
 /// The SPEC's room object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoomView {
     /// Room id.
     pub id: RoomId,
@@ -288,7 +290,7 @@ pub struct RoomView {
 }
 
 /// The author inside a message object.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuthorView {
     /// User id.
     pub id: UserId,
@@ -299,7 +301,7 @@ pub struct AuthorView {
 }
 
 /// The SPEC's message object.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MessageView {
     /// Message id.
     pub id: MessageId,
@@ -315,6 +317,7 @@ pub struct MessageView {
     pub client_id: Option<String>,
     /// Commit time.
     #[serde(serialize_with = "serialize_time")]
+    #[schema(example = "2026-11-22T10:00:00.123Z")]
     pub created_at: DateTime<Utc>,
 }
 

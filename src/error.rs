@@ -92,16 +92,17 @@ impl From<anyhow::Error> for ApiError {
 }
 
 /// Body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
 }
 
 /// `code` and `message` of an error.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// One of the SPEC's codes.
+    #[schema(example = "not_found")]
     pub code: &'static str,
     /// Human text, safe to show.
     pub message: String,
@@ -201,4 +202,49 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// What any route may answer, signed in or not (SPEC §2).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum PublicErrors {
+    /// `bad_request`: malformed JSON, a missing or invalid field or parameter.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `too_large`: a body over 64 KiB.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `rate_limited`.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RateLimited(ErrorBody),
+    /// `internal`: a bug (logged, never described).
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `db_busy`, `db_timeout`, `db_unavailable`, `shutting_down`, `server_busy`.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(ErrorBody),
+}
+
+/// [`PublicErrors`] and `unauthorized`, for the routes that need a token.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthErrors {
+    /// `bad_request`: malformed JSON, a missing or invalid field or parameter.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`: no token, or an invalid, revoked or expired one.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `too_large`: a body over 64 KiB.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `rate_limited`.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RateLimited(ErrorBody),
+    /// `internal`: a bug (logged, never described).
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `db_busy`, `db_timeout`, `db_unavailable`, `shutting_down`, `server_busy`.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(ErrorBody),
 }

@@ -28,6 +28,7 @@ macro_rules! id_type {
             Deserialize,
             diesel::expression::AsExpression,
             diesel::deserialize::FromSqlRow,
+            utoipa::ToSchema,
         )]
         #[serde(transparent)]
         #[diesel(sql_type = BigInt)]

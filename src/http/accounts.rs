@@ -14,29 +14,32 @@ use super::{Json, Query};
 use crate::announce::commit_and_announce;
 use crate::auth::{new_token, AuthUser};
 use crate::domain::{DisplayName, Password, Role, UserView, Username};
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthErrors, ErrorBody, PublicErrors};
 use crate::events::Event;
 use crate::state::AppState;
 use crate::store;
 use crate::store::users::NewUser;
 
 /// `POST /api/auth/register` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
+    #[schema(pattern = "^[a-z0-9_.-]{3,32}$")]
     username: String,
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    #[schema(min_length = 1, max_length = 64)]
     display_name: Option<String>,
 }
 
 /// `POST /api/auth/login` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     username: String,
     password: String,
 }
 
 /// A new token (shown only here) and its user.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     token: String,
     user: UserView,
@@ -47,6 +50,14 @@ pub struct TokenResponse {
 /// At most `CHATPOOL_REGISTER_RATE` per client address per minute (429
 /// past it, before any work). Nothing the client typed is logged: only the
 /// new user's id.
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered and logged in", body = TokenResponse),
+        (status = 403, description = "`forbidden`: registration is closed", body = ErrorBody),
+        (status = 409, description = "`conflict`: username taken", body = ErrorBody),
+        PublicErrors,
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -102,6 +113,13 @@ pub async fn register(
 /// older accounts or tell an attacker anything. The log names the user's id,
 /// never what was typed (a password typed into the username field must not
 /// end up in the log).
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A new token", body = TokenResponse),
+        (status = 401, description = "`invalid_credentials`", body = ErrorBody),
+        PublicErrors,
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -153,7 +171,8 @@ pub async fn login(
 }
 
 /// `POST /api/auth/logout` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogoutQuery {
     /// `true`: every token of the caller, not only this one.
     #[serde(default)]
@@ -163,6 +182,10 @@ pub struct LogoutQuery {
 /// `POST /api/auth/logout[?all=true]`: deletes the caller's token (with
 /// `all=true`, every token of the caller: every device) and closes their
 /// sockets on every instance.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    params(LogoutQuery),
+    responses((status = 204, description = "Logged out"), AuthErrors),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -190,6 +213,9 @@ pub async fn logout(
 }
 
 /// `GET /api/me`: the caller's user object.
+#[utoipa::path(get, path = "/api/me", tag = "auth",
+    responses((status = 200, description = "The caller", body = UserView), AuthErrors),
+    security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserView>, ApiError> {
     let id = user.id;
     let found = state
@@ -201,14 +227,19 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Us
 }
 
 /// `GET /api/users` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
+    /// Usernames starting with this.
+    #[param(value_type = String, required = false)]
     prefix: Option<String>,
+    /// At most this many (default 20).
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
 /// A list of users.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsersResponse {
     /// The users, in the endpoint's order.
     pub users: Vec<UserView>,
@@ -219,6 +250,10 @@ const USERS_LIMIT: (i64, i64) = (20, 100);
 
 /// `GET /api/users?prefix=P&limit=N`: users whose username starts with `P`
 /// (lowercased; empty or absent = everyone), by username, at most N.
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    params(UsersQuery),
+    responses((status = 200, description = "Users by username", body = UsersResponse), AuthErrors),
+    security(("bearer" = [])))]
 pub async fn users(
     State(state): State<AppState>,
     _user: AuthUser,

@@ -10,7 +10,7 @@ use super::extract::{AdminUser, Path};
 use super::{Json, Query};
 use crate::announce::commit_and_announce;
 use crate::domain::{Role, UserView};
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthErrors, ErrorBody};
 use crate::events::Event;
 use crate::ids::UserId;
 use crate::state::AppState;
@@ -18,9 +18,14 @@ use crate::store;
 use crate::store::activity::Connection;
 
 /// `GET /api/admin/users` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AdminUsersQuery {
+    /// Users with an id above this (the last id of the previous page).
+    #[param(value_type = i64, required = false)]
     after_id: Option<UserId>,
+    /// At most this many (default 50).
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -29,6 +34,14 @@ const ADMIN_USERS_LIMIT: (i64, i64) = (50, 200);
 
 /// `GET /api/admin/users?after_id=N&limit=L`: users by id above N (keyset
 /// pagination: pass the last id of a page to get the next).
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin", operation_id = "admin_users",
+    params(AdminUsersQuery),
+    responses(
+        (status = 200, description = "Users by id", body = UsersResponse),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn users(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -49,8 +62,9 @@ pub async fn users(
 }
 
 /// `PATCH /api/admin/users/{id}` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PatchUserRequest {
+    #[schema(value_type = Role)]
     role: String,
 }
 
@@ -58,6 +72,17 @@ pub struct PatchUserRequest {
 /// sees it on its next request (tokens carry no role). When the new role no
 /// longer sees every room, the user's open sockets on every instance re-check
 /// their joined rooms at once and leave those they may no longer see.
+#[utoipa::path(patch, path = "/api/admin/users/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "User id")),
+    request_body = PatchUserRequest,
+    responses(
+        (status = 200, description = "The user with the new role", body = UserView),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the last admin", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(admin_id = user.id.0, user_id = id.0))]
 pub async fn patch_user(
     State(state): State<AppState>,
@@ -93,7 +118,7 @@ pub async fn patch_user(
 }
 
 /// `pool` in `admin/stats`: this process's pool right now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolStats {
     /// `connection_limit - 1`.
     pub max_size: usize,
@@ -106,7 +131,7 @@ pub struct PoolStats {
 }
 
 /// `database` in `admin/stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DatabaseStats {
     /// Server connections of this database, every client included.
     pub connections: i64,
@@ -115,7 +140,7 @@ pub struct DatabaseStats {
 }
 
 /// `GET /api/admin/stats` body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Number of users.
     pub users: i64,
@@ -133,6 +158,13 @@ pub struct Stats {
 
 /// `GET /api/admin/stats`: counts, this process's pool and the database's
 /// connections, in one transaction.
+#[utoipa::path(get, path = "/api/admin/stats", tag = "admin",
+    responses(
+        (status = 200, description = "Pool and database figures", body = Stats),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn stats(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -173,7 +205,7 @@ pub async fn stats(
 }
 
 /// `GET /api/admin/connections` body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionsResponse {
     /// This database's server connections.
     pub connections: Vec<Connection>,
@@ -181,6 +213,13 @@ pub struct ConnectionsResponse {
 
 /// `GET /api/admin/connections`: `pg_stat_activity` for this database;
 /// `since` is when the connection entered its current state.
+#[utoipa::path(get, path = "/api/admin/connections", tag = "admin",
+    responses(
+        (status = 200, description = "This database's server connections", body = ConnectionsResponse),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn connections(
     State(state): State<AppState>,
     _admin: AdminUser,

@@ -7,6 +7,7 @@ mod accounts;
 mod admin;
 mod cors;
 mod extract;
+pub mod openapi;
 mod ops;
 mod rooms;
 pub mod server;
@@ -20,7 +21,6 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::routing::{delete, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -42,37 +42,30 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Builds the router with every route and layer. `/metrics` is served here
+/// Builds the router with every route and layer. The routes come with
+/// their OpenAPI documentation ([`openapi::api`]); `/metrics` is served here
 /// unless `CHATPOOL_METRICS_LISTEN` gives it an address of its own.
 pub fn router(state: AppState) -> Router {
-    let mut routes = Router::new();
-    if state.settings().metrics_listen.is_none() {
-        routes = routes.route("/metrics", get(ops::metrics));
-    }
+    let metrics_here = state.settings().metrics_listen.is_none();
+    let (routes, _) = openapi::api(metrics_here).split_for_parts();
+    let document = axum::body::Bytes::from(
+        openapi::document()
+            .to_json()
+            .expect("the OpenAPI document serialises"),
+    );
     routes
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/ws", get(crate::ws::upgrade))
-        .route("/api/auth/register", post(accounts::register))
-        .route("/api/auth/login", post(accounts::login))
-        .route("/api/auth/logout", post(accounts::logout))
-        .route("/api/me", get(accounts::me))
-        .route("/api/users", get(accounts::users))
-        .route("/api/rooms", post(rooms::create).get(rooms::list))
-        .route("/api/rooms/{id}", get(rooms::get))
-        .route("/api/rooms/{id}/members", post(rooms::add_member))
         .route(
-            "/api/rooms/{id}/members/{user_id}",
-            delete(rooms::remove_member),
+            "/api/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
         )
-        .route(
-            "/api/rooms/{id}/messages",
-            get(rooms::history).post(rooms::send),
-        )
-        .route("/api/admin/users", get(admin::users))
-        .route("/api/admin/users/{id}", patch(admin::patch_user))
-        .route("/api/admin/stats", get(admin::stats))
-        .route("/api/admin/connections", get(admin::connections))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

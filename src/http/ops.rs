@@ -15,6 +15,8 @@ use crate::state::AppState;
 const READY_CHECK_LIMIT: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`: 200 while the process runs; touches nothing else.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process runs", body = Status)))]
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
@@ -23,6 +25,11 @@ pub async fn healthz() -> impl IntoResponse {
 /// or when PostgreSQL is unreachable. A pool that is merely saturated counts as
 /// ready: its connections are in use, so the database works, and pulling a busy
 /// instance out of a load balancer would only move the load elsewhere.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "A pooled connection answers", body = Status),
+        (status = 503, description = "`shutting_down` or `db_unavailable`", body = Status),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.shutdown().is_triggered() {
         return (
@@ -50,6 +57,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -66,4 +75,12 @@ fn render_metrics(db: &Db) -> String {
     metrics::gauge!(m::DB_POOL_WAITING).set(status.waiting as f64);
     m::process_collector().collect();
     m::handle().render()
+}
+
+/// `{"status": ...}` of `/healthz` and `/readyz`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Status {
+    /// `ok`, `ready`, `shutting_down` or `db_unavailable`.
+    status: String,
 }

@@ -17,7 +17,7 @@ use crate::announce::commit_and_announce;
 use crate::auth::AuthUser;
 use crate::chat;
 use crate::domain::{ClientId, MessageBody, MessageView, Role, RoomName, RoomView};
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthErrors, ErrorBody};
 use crate::events::Event;
 use crate::ids::{RoomId, Seq, UserId};
 use crate::state::AppState;
@@ -32,8 +32,9 @@ fn no_room() -> ApiError {
 }
 
 /// `POST /api/rooms` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateRoomRequest {
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
     #[serde(default)]
     member_ids: Vec<UserId>,
@@ -41,6 +42,10 @@ pub struct CreateRoomRequest {
 
 /// `POST /api/rooms`: a new room with the caller and `member_ids` as members.
 /// Unknown member ids are a 400: the client named someone who is not there.
+#[utoipa::path(post, path = "/api/rooms", tag = "rooms",
+    request_body = CreateRoomRequest,
+    responses((status = 201, description = "The new room", body = RoomView), AuthErrors),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn create(
     State(state): State<AppState>,
@@ -84,13 +89,16 @@ pub async fn create(
 }
 
 /// `GET /api/rooms` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `mine` (the default) or `all` (agents and admins).
+    #[param(value_type = String, required = false, pattern = "^(all|mine)$")]
     scope: Option<String>,
 }
 
 /// A list of rooms.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RoomsResponse {
     /// The rooms, by id.
     pub rooms: Vec<RoomView>,
@@ -98,6 +106,14 @@ pub struct RoomsResponse {
 
 /// `GET /api/rooms`: the caller's rooms, or with `scope=all` (agents and
 /// admins) every room. `scope=mine` is the explicit default.
+#[utoipa::path(get, path = "/api/rooms", tag = "rooms",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Rooms by id", body = RoomsResponse),
+        (status = 403, description = "`forbidden`: scope=all for a member", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -128,6 +144,14 @@ pub async fn list(
 }
 
 /// `GET /api/rooms/{id}`.
+#[utoipa::path(get, path = "/api/rooms/{id}", tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "The room", body = RoomView),
+        (status = 404, description = "`not_found`, also for a room the caller may not see", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
@@ -150,13 +174,22 @@ pub async fn get(
 }
 
 /// `POST /api/rooms/{id}/members` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AddMemberRequest {
     user_id: UserId,
 }
 
 /// `POST /api/rooms/{id}/members`: anyone who sees the room may add any
 /// existing user (404 for an unknown one); adding a member twice is a no-op.
+#[utoipa::path(post, path = "/api/rooms/{id}/members", tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = AddMemberRequest,
+    responses(
+        (status = 204, description = "A member (already, or now)"),
+        (status = 404, description = "`not_found`: no such room or user", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn add_member(
     State(state): State<AppState>,
@@ -189,6 +222,15 @@ pub async fn add_member(
 /// (204), so a retried DELETE succeeds; an unknown user is 404. A removed
 /// member's open sockets on every instance leave the room at once (unless
 /// their role still sees it).
+#[utoipa::path(delete, path = "/api/rooms/{id}/members/{user_id}", tag = "rooms",
+    params(("id" = i64, Path, description = "Room id"), ("user_id" = i64, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Not a member (any more)"),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn remove_member(
     State(state): State<AppState>,
@@ -223,15 +265,22 @@ pub async fn remove_member(
 
 /// `GET /api/rooms/{id}/messages` query. Cursors are parsed as integers by
 /// the extractor (a non-integer is 400) and range-checked here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Messages after this seq, oldest first (not with `before_seq`).
+    #[param(value_type = i64, required = false, minimum = 0)]
     after_seq: Option<Seq>,
+    /// Messages before this seq (not with `after_seq`).
+    #[param(value_type = i64, required = false, minimum = 0)]
     before_seq: Option<Seq>,
+    /// At most this many (default 50).
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
 /// A page of history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryResponse {
     /// Ascending by seq.
     pub messages: Vec<MessageView>,
@@ -262,6 +311,14 @@ impl HistoryQuery {
 
 /// `GET /api/rooms/{id}/messages`: a page of history, served by the
 /// `(room_id, seq)` index.
+#[utoipa::path(get, path = "/api/rooms/{id}/messages", tag = "rooms",
+    params(("id" = i64, Path, description = "Room id"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of history, ascending by seq", body = HistoryResponse),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 pub async fn history(
     State(state): State<AppState>,
     user: AuthUser,
@@ -285,14 +342,26 @@ pub async fn history(
 }
 
 /// `POST /api/rooms/{id}/messages` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendRequest {
+    #[schema(min_length = 1, max_length = 4000)]
     body: String,
+    #[schema(min_length = 1, max_length = 64)]
     client_id: Option<String>,
 }
 
 /// `POST /api/rooms/{id}/messages`: 201 with the new message, or 200 with the
 /// original when the author already sent this `client_id`.
+#[utoipa::path(post, path = "/api/rooms/{id}/messages", tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = SendRequest,
+    responses(
+        (status = 201, description = "Stored", body = MessageView),
+        (status = 200, description = "This client_id was sent before: the original", body = MessageView),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        AuthErrors,
+    ),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
 pub async fn send(
     State(state): State<AppState>,

@@ -11,7 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 /// One server connection of this database (SPEC §2 `admin/connections`).
-#[derive(Debug, Clone, Serialize, QueryableByName)]
+#[derive(Debug, Clone, Serialize, QueryableByName, utoipa::ToSchema)]
 pub struct Connection {
     /// Backend process id.
     #[diesel(sql_type = Integer)]

@@ -50,6 +50,15 @@ pub fn socket_config() -> WebSocketConfig {
 
 /// `GET /ws`: checks everything, answers 101 and starts the session on the
 /// shutdown tracker (the HTTP server stops caring once a connection upgrades).
+#[utoipa::path(get, path = "/ws", tag = "websocket",
+    params(("token" = String, Query, description = "A bearer token")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (SPEC §3)"),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = crate::error::ErrorBody),
+        (status = 401, description = "`unauthorized`", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limited`: sockets per user", body = crate::error::ErrorBody),
+        (status = 503, description = "`server_busy`, `shutting_down`, `db_*`", body = crate::error::ErrorBody),
+    ))]
 pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
     if state.shutdown().is_triggered() {
         return ApiError::ShuttingDown.into_response();

@@ -3,6 +3,7 @@
 
 mod authz;
 mod compose;
+mod contract;
 mod foundation;
 mod group_commit;
 mod hostile;
