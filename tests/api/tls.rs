@@ -181,3 +181,24 @@ async fn a_timed_out_transaction_is_cancelled_over_tls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_prisma_url_works_unchanged_over_tcp() {
+    bounded(async {
+        let tls = tls_cluster();
+        let db = std::sync::Arc::new(tls.cluster.create_database().await);
+        // Exactly the URL the seeds' teams arrive with (their host and database).
+        let url = format!(
+            "postgresql://chatpool:pass@{}:5432/{}?schema=public&connection_limit=10&pool_timeout=20&connect_timeout=10",
+            tls.host, db.name
+        );
+        let app = AppOptions::default()
+            .database(db)
+            .env("DATABASE_URL", url)
+            .spawn()
+            .await;
+        assert_eq!(app.pool_status().max_size, 9);
+        chat_works(&app).await;
+    })
+    .await;
+}
