@@ -9,25 +9,31 @@
 //! Layout, edge to core (an arrow is "uses"; nothing points back up):
 //!
 //! - Edges: `cli` (the command line) → `manage` (operator commands);
-//!   `http` (the HTTP API, ops endpoints, `/metrics`) and `ws` (upgrade,
+//!   `http` (the HTTP API, ops endpoints, `/metrics`; `http::openapi`: the
+//!   router and its OpenAPI document from one list; `http::cors`) and `ws` (upgrade,
 //!   `ws::session`: the socket loop, `frames` (the pure per-frame rules) and
 //!   `jobs` (join replay, gap fill, access re-check), `protocol`, `close`,
 //!   `cursor`); `error`: the error every client sees.
 //! - Wiring: `startup` builds the one `state::AppState` (pool, hub,
 //!   committer, passwords, limits, shutdown) and runs the server; `shutdown`
-//!   owns the signals and the staged stop; `config`: typed settings.
+//!   owns the signals and the staged stop; `config`: typed settings
+//!   (`config::vars`: every setting's variable, flag and default, which the
+//!   command line is built from; `config::database_url`: Prisma and libpq
+//!   URLs).
 //! - The send path and fan-out: `chat` (one send path; `chat::batch`: the
 //!   group commit), `announce` (commit, then announce: `NOTIFY` inside the
 //!   transaction, local publish after it), `hub` (fan-out of committed
 //!   events to sockets; knows events, not frames), `listener` (the one
-//!   `LISTEN` connection feeding the hub every instance's commits), `events`.
+//!   `LISTEN` connection feeding the hub every instance's commits;
+//!   `listener::senders`: who may announce), `events`.
 //! - Who is calling: `auth` (bearer tokens), `tokens` (the token cache),
 //!   `expiry` (expired tokens deleted and announced as revoked), `passwords`
 //!   (Argon2id off the async workers), `ratelimit` (login failures),
 //!   `limits` (the abuse limits: send, register, room and socket rates).
 //! - Data: `db` (the one pool; `Db::transaction` and `Db::run` are the only
 //!   ways in, with the wait limit, the time limit and the error codes;
-//!   `db::migrations`; `db::channel`: the key that signs notifications),
+//!   `db::migrations`; `db::channel`: the key that signs notifications;
+//!   `db::tls`: rustls with libpq's `sslmode` meanings),
 //!   `store` (every query, one module per table group), `schema`, `domain`
 //!   (values parsed at the edge, the SPEC's objects), `ids` (id newtypes).
 //! - `embedded`: the private PostgreSQL cluster used without `DATABASE_URL`
