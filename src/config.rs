@@ -137,6 +137,10 @@ pub struct ListenerTarget {
     pub driver: Box<tokio_postgres::Config>,
     /// Its own `sslmode`.
     pub tls: TlsSettings,
+    /// Its own `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// Its own `options`, if any (else `DATABASE_URL`'s).
+    pub options: Option<String>,
 }
 
 impl DatabaseSettings {
@@ -224,7 +228,7 @@ impl Settings {
             .map(|v| parse_listen("CHATPOOL_METRICS_LISTEN", &v))
             .transpose()?;
         let listener_url = get("CHATPOOL_LISTENER_DATABASE_URL")
-            .map(|v| DatabaseUrl::parse_as("CHATPOOL_LISTENER_DATABASE_URL", &v))
+            .map(|v| DatabaseUrl::parse_listener(&v))
             .transpose()?;
         let pool_idle_timeout = get("CHATPOOL_POOL_IDLE_TIMEOUT_MS")
             .map(|v| parse_millis("CHATPOOL_POOL_IDLE_TIMEOUT_MS", &v))
@@ -241,10 +245,9 @@ impl Settings {
         let env_wait = get("CHATPOOL_TX_MAX_WAIT_MS")
             .map(|v| parse_millis("CHATPOOL_TX_MAX_WAIT_MS", &v))
             .transpose()?;
-        let tx_timeout = get("CHATPOOL_TX_TIMEOUT_MS")
+        let env_tx_timeout = get("CHATPOOL_TX_TIMEOUT_MS")
             .map(|v| parse_millis("CHATPOOL_TX_TIMEOUT_MS", &v))
-            .transpose()?
-            .unwrap_or(Duration::from_millis(5000));
+            .transpose()?;
         let shutdown_timeout = get("CHATPOOL_SHUTDOWN_TIMEOUT_MS")
             .map(|v| parse_millis("CHATPOOL_SHUTDOWN_TIMEOUT_MS", &v))
             .transpose()?
@@ -351,6 +354,10 @@ impl Settings {
         let idle_timeout = pool_idle_timeout
             .or(url.as_ref().and_then(|u| u.idle_timeout))
             .unwrap_or(Duration::from_millis(600_000));
+        // CHATPOOL_TX_TIMEOUT_MS wins over the URL's socket_timeout.
+        let tx_timeout = env_tx_timeout
+            .or(url.as_ref().and_then(|u| u.socket_timeout))
+            .unwrap_or(Duration::from_millis(5000));
         let (session, tls, max_lifetime) = match url {
             Some(u) => (u.session, u.tls, u.max_lifetime),
             None => (SessionSettings::default(), TlsSettings::disabled(), None),
@@ -388,6 +395,8 @@ impl Settings {
                 listener: listener_url.map(|u| ListenerTarget {
                     driver: Box::new(u.driver),
                     tls: u.tls,
+                    connect_timeout: u.connect_timeout,
+                    options: u.session.options,
                 }),
             },
             shutdown_timeout,

@@ -43,7 +43,8 @@ pub const LISTENER_UP: &str = "chatpool_listener_up";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "chatpool_listener_reconnects_total";
 /// Notifications received on the LISTEN connection.
 pub const LISTENER_NOTIFICATIONS_TOTAL: &str = "chatpool_listener_notifications_total";
-/// Notifications dropped because chatpool did not sign them (SPEC §4).
+/// Notifications dropped: not signed by chatpool, or from a role that
+/// cannot write its tables (SPEC §4).
 pub const LISTENER_FORGED_TOTAL: &str = "chatpool_listener_forged_total";
 /// Messages read back from the database after a reconnect.
 pub const LISTENER_CATCH_UP_MESSAGES_TOTAL: &str = "chatpool_listener_catch_up_messages_total";
@@ -156,7 +157,7 @@ fn describe() {
     metrics::describe_counter!(LISTENER_NOTIFICATIONS_TOTAL, "Notifications received");
     metrics::describe_counter!(
         LISTENER_FORGED_TOTAL,
-        "Notifications dropped: not signed with the database's notification key"
+        "Notifications dropped: not signed with the database's notification key, or sent by a role that cannot write chatpool's tables"
     );
     metrics::describe_counter!(
         LISTENER_CATCH_UP_MESSAGES_TOTAL,

@@ -89,8 +89,10 @@ impl Database {
                         .context("CHATPOOL_LISTENER_DATABASE_URL's TLS settings")?,
                     session: SessionSettings {
                         pgbouncer: false,
+                        options: target.options.clone().or(s.session.options.clone()),
                         ..s.session.clone()
                     },
+                    connect_timeout: target.connect_timeout,
                     ..pool_settings.clone()
                 };
                 (direct.session_config(), direct.tls)
@@ -100,7 +102,11 @@ impl Database {
         let mut db = Db::new(&pool_settings);
         if pool_settings.session.pgbouncer {
             let (driver, tls) = listener_target.clone();
-            db.set_direct(driver, tls, pool_settings.connect_timeout);
+            let limit = s
+                .listener
+                .as_ref()
+                .map_or(pool_settings.connect_timeout, |t| t.connect_timeout);
+            db.set_direct(driver, tls, limit);
         }
         Ok(Self {
             db,
@@ -117,7 +123,11 @@ impl Database {
         self.listener = Some(Listener::spawn(
             self.listener_target.0.clone(),
             self.listener_target.1.clone(),
-            self.pool_settings.connect_timeout,
+            self.listener_target
+                .0
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(self.pool_settings.connect_timeout),
             self.db.clone(),
             hub,
         ));
@@ -269,7 +279,7 @@ impl Application {
             state.settings().max_http_connections,
             close_http.clone(),
         ));
-        let metrics_server = metrics_listener.map(|l| {
+        let mut metrics_server = metrics_listener.map(|l| {
             tokio::spawn(crate::http::server::serve(
                 l,
                 crate::http::metrics_router(state.clone()),
@@ -305,7 +315,7 @@ impl Application {
             tracing::info!("in-flight HTTP requests finished");
             close_http.cancel();
             let _ = (&mut server).await;
-            if let Some(metrics) = metrics_server {
+            if let Some(metrics) = metrics_server.as_mut() {
                 let _ = metrics.await;
             }
             tracing::info!("stopped accepting connections");
@@ -321,6 +331,9 @@ impl Application {
             );
             close_http.cancel();
             server.abort();
+            if let Some(metrics) = &metrics_server {
+                metrics.abort();
+            }
         }
 
         let closed = tokio::time::timeout_at(deadline.into(), database.close()).await;

@@ -111,6 +111,12 @@ impl TokenCache {
         self.enabled.store(on, Ordering::Release);
     }
 
+    /// Whether the cache is on: exactly while the listener is connected and
+    /// hears every invalidation.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
     /// Entries held (tests and stats).
     pub fn len(&self) -> usize {
         self.entries.lock().expect("token cache lock").len()

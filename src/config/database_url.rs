@@ -84,6 +84,9 @@ pub struct SessionSettings {
     pub statement_cache: bool,
     /// The URL's own `options` (server settings), applied before chatpool's.
     pub options: Option<String>,
+    /// Those `options` as `(name, value)` pairs, which is how they are set
+    /// behind a PgBouncer (`SET LOCAL` in every transaction).
+    pub option_settings: Vec<(String, String)>,
 }
 
 impl Default for SessionSettings {
@@ -93,6 +96,7 @@ impl Default for SessionSettings {
             pgbouncer: false,
             statement_cache: true,
             options: None,
+            option_settings: Vec::new(),
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct DatabaseUrl {
     pub pool_timeout: Option<Duration>,
     /// `connect_timeout` in seconds, default 5.
     pub connect_timeout: Duration,
+    /// Prisma's `socket_timeout`: the longest a statement may run, the same
+    /// limit as `CHATPOOL_TX_TIMEOUT_MS` (which wins when both are given).
+    pub socket_timeout: Option<Duration>,
     /// Prisma's `max_idle_connection_lifetime`, when given.
     pub idle_timeout: Option<Duration>,
     /// Prisma's `max_connection_lifetime`, when given.
@@ -145,6 +152,41 @@ impl DatabaseUrl {
         Self::parse_as("DATABASE_URL", raw)
     }
 
+    /// Parses `CHATPOOL_LISTENER_DATABASE_URL`: one session, so the pool's
+    /// parameters have no meaning there and are refused by name.
+    ///
+    /// # Errors
+    /// As [`DatabaseUrl::parse_as`], or a pool parameter.
+    pub fn parse_listener(raw: &str) -> Result<Self, ConfigError> {
+        const PARAM: &str = "CHATPOOL_LISTENER_DATABASE_URL";
+        const POOL_ONLY: &[&str] = &[
+            "connection_limit",
+            "pool_timeout",
+            "pgbouncer",
+            "statement_cache_size",
+            "socket_timeout",
+            "max_idle_connection_lifetime",
+            "max_connection_lifetime",
+            "schema",
+        ];
+        let parsed = Self::parse_as(PARAM, raw)?;
+        if let Ok(url) = url::Url::parse(raw.trim()) {
+            if let Some((key, _)) = url
+                .query_pairs()
+                .find(|(k, _)| POOL_ONLY.contains(&k.as_ref()))
+            {
+                return Err(ConfigError::new(
+                    key.as_ref(),
+                    format!(
+                        "has no meaning in {PARAM} (the one LISTEN session, straight to \
+                         PostgreSQL): set it in DATABASE_URL"
+                    ),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
     /// Parses a URL given as `param` (`DATABASE_URL`,
     /// `CHATPOOL_LISTENER_DATABASE_URL`).
     ///
@@ -175,6 +217,7 @@ impl DatabaseUrl {
         let mut root_cert = None;
         let mut accept = None;
         let mut rest = Vec::new();
+        let mut socket = None;
         for (key, value) in url.query_pairs() {
             let value = value.trim().to_owned();
             match key.as_ref() {
@@ -237,6 +280,9 @@ impl DatabaseUrl {
                         "client certificates are not supported: authenticate with a password",
                     ))
                 }
+                // Prisma: a `host` that is a path means that Unix socket
+                // only, whatever host the URL names.
+                "host" if value.starts_with('/') => socket = Some(value),
                 known if DRIVER_PARAMS.contains(&known) => {
                     rest.push((key.into_owned(), value));
                 }
@@ -249,6 +295,22 @@ impl DatabaseUrl {
             }
         }
         session.statement_cache = !session.pgbouncer && cache_size != Some(0);
+        if let Some(options) = &session.options {
+            match option_settings(options) {
+                Some(pairs) => session.option_settings = pairs,
+                // Only behind a PgBouncer must they be taken apart.
+                None if session.pgbouncer => {
+                    return Err(ConfigError::new(
+                        "options",
+                        format!(
+                            "with pgbouncer=true each option must be -c name=value (set per \
+                             transaction), got {options:?}"
+                        ),
+                    ))
+                }
+                None => {}
+            }
+        }
         let tls = tls_settings(mode, root_cert, accept)?;
 
         if rest.is_empty() {
@@ -256,14 +318,14 @@ impl DatabaseUrl {
         } else {
             url.query_pairs_mut().clear().extend_pairs(rest);
         }
+        if let Some(dir) = socket {
+            url.set_host(Some(&percent_encode(&dir))).map_err(|e| {
+                ConfigError::new("host", format!("not a usable socket directory ({e})"))
+            })?;
+        }
         let mut driver = tokio_postgres::Config::from_str(url.as_str())
             .map_err(|e| ConfigError::new(param, format!("the driver cannot use it ({e})")))?;
         driver.connect_timeout(connect_timeout);
-        if let Some(t) = socket_timeout {
-            if driver.get_tcp_user_timeout().is_none() {
-                driver.tcp_user_timeout(t);
-            }
-        }
         // libpq ignores sslmode on a Unix socket; PostgreSQL offers no TLS there.
         let unix_only = driver
             .get_hosts()
@@ -286,6 +348,7 @@ impl DatabaseUrl {
             connection_limit,
             pool_timeout,
             connect_timeout,
+            socket_timeout,
             idle_timeout,
             max_lifetime,
             session,
@@ -351,15 +414,16 @@ fn boolean(name: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// A schema name chatpool can quote safely: letters, digits, `_`, at most 63
-/// bytes, not starting with a digit or `pg_`. `public` is the default.
+/// A schema name chatpool can quote safely (it is always written as a
+/// quoted identifier): at most 63 bytes, no `"`, `\\`, control character or
+/// white space, not starting with `pg_` (PostgreSQL's own). Prisma's
+/// `hello-prisma` is fine. `public` is the default.
 fn schema_name(value: &str) -> Result<String, ConfigError> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !value.as_bytes()[0].is_ascii_digit()
+        && !value
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control() || c.is_whitespace())
         && !value.starts_with("pg_");
     if ok {
         Ok(value.to_owned())
@@ -367,9 +431,47 @@ fn schema_name(value: &str) -> Result<String, ConfigError> {
         Err(ConfigError::new(
             "schema",
             format!(
-                "expected a schema name of letters, digits and _ (at most 63, not starting with a \
-                 digit or pg_), got {value:?}"
+                "expected a schema name of at most 63 bytes without quotes, backslashes or \
+                 spaces, not starting with pg_, got {value:?}"
             ),
         ))
     }
+}
+
+/// `-c name=value` / `--name=value` options as pairs; `None` when any word is
+/// something else, or a value needs quoting the server's option syntax has.
+fn option_settings(options: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words.next()?
+        } else {
+            word.strip_prefix("--")
+                .or_else(|| word.strip_prefix("-c"))?
+        };
+        let (name, value) = setting.split_once('=')?;
+        let name = name.replace('-', "_");
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !name_ok || value.contains('\\') {
+            return None;
+        }
+        pairs.push((name, value.to_owned()));
+    }
+    Some(pairs)
+}
+
+/// Percent-encodes everything but unreserved characters (a socket path as a URL host).
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -259,7 +259,7 @@ fn every_prisma_parameter_is_taken_with_its_meaning() {
     let DatabaseSource::Url(cfg) = &db.source else {
         panic!("a URL")
     };
-    assert_eq!(cfg.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    assert_eq!(db.tx_timeout, Duration::from_secs(7));
     assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
     let listener = db.listener.as_ref().expect("a listener target");
     assert_eq!(listener.tls.mode, SslMode::VerifyCa);
@@ -296,9 +296,11 @@ fn unknown_and_unsupported_url_parameters_are_refused_by_name() {
             "postgres://u@h/d?statement_cache_size=-1",
             "statement_cache_size",
         ),
-        ("postgres://u@h/d?schema=a;drop", "schema"),
+        ("postgres://u@h/d?schema=a%22b", "schema"),
+        ("postgres://u@h/d?schema=a%20b", "schema"),
         ("postgres://u@h/d?schema=pg_catalog", "schema"),
         ("postgres://u@h/d?socket_timeout=0", "socket_timeout"),
+        ("postgres://u@h/d?options=-Xfoo&pgbouncer=true", "options"),
         // LISTEN and migrations cannot go through PgBouncer.
         ("postgres://u@h/d?pgbouncer=true", "pgbouncer"),
     ] {
@@ -365,4 +367,89 @@ fn millisecond_settings_take_humantime_durations_too() {
     assert_eq!(s.database.max_wait, Duration::from_millis(250));
     assert_eq!(s.database.idle_timeout, Duration::from_secs(600));
     assert_eq!(s.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+}
+
+#[test]
+fn prisma_host_path_schema_names_and_socket_timeout_keep_prismas_meaning() {
+    // `host` as a path: that socket only, so no TLS is asked of it.
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgresql://u:p@localhost/db?host=/var/run/postgresql&sslmode=require",
+    )])
+    .unwrap();
+    let DatabaseSource::Url(cfg) = &s.database.source else {
+        panic!("a URL")
+    };
+    assert_eq!(
+        cfg.get_hosts(),
+        &[tokio_postgres::config::Host::Unix(
+            "/var/run/postgresql".into()
+        )]
+    );
+    assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+    // Prisma's own example schema name.
+    let s = settings(&[("DATABASE_URL", "postgresql://u@h/d?schema=hello-prisma")]).unwrap();
+    assert_eq!(s.database.session.schema.as_deref(), Some("hello-prisma"));
+    // socket_timeout bounds statements, unless CHATPOOL_TX_TIMEOUT_MS says.
+    let s = settings(&[("DATABASE_URL", "postgresql://u@h/d?socket_timeout=2")]).unwrap();
+    assert_eq!(s.database.tx_timeout, Duration::from_secs(2));
+    let s = settings(&[
+        ("DATABASE_URL", "postgresql://u@h/d?socket_timeout=2"),
+        ("CHATPOOL_TX_TIMEOUT_MS", "700"),
+    ])
+    .unwrap();
+    assert_eq!(s.database.tx_timeout, Duration::from_millis(700));
+}
+
+#[test]
+fn behind_pgbouncer_the_urls_options_are_set_per_transaction() {
+    let listener = ("CHATPOOL_LISTENER_DATABASE_URL", "postgres://u@db/d");
+    let s = settings(&[
+        (
+            "DATABASE_URL",
+            "postgres://u@bouncer/d?pgbouncer=true&options=-c%20work_mem%3D8MB%20--lock-timeout%3D2s",
+        ),
+        listener,
+    ])
+    .unwrap();
+    assert_eq!(
+        s.database.session.option_settings,
+        [
+            ("work_mem".to_owned(), "8MB".to_owned()),
+            ("lock_timeout".to_owned(), "2s".to_owned())
+        ]
+    );
+    // Options that cannot be taken apart are refused in that mode only.
+    let odd = "postgres://u@bouncer/d?pgbouncer=true&options=-Xfoo";
+    assert_eq!(
+        settings(&[("DATABASE_URL", odd), listener])
+            .unwrap_err()
+            .param,
+        "options"
+    );
+    assert!(settings(&[("DATABASE_URL", "postgres://u@db/d?options=-Xfoo")]).is_ok());
+    // The listener's URL takes no pool parameter.
+    for pool_only in ["connection_limit=5", "pgbouncer=true", "schema=crm"] {
+        let e = settings(&[
+            ("DATABASE_URL", "postgres://u@bouncer/d"),
+            (
+                "CHATPOOL_LISTENER_DATABASE_URL",
+                &format!("postgres://u@db/d?{pool_only}"),
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.param, pool_only.split('=').next().unwrap(), "{e}");
+    }
+    let s = settings(&[
+        ("DATABASE_URL", "postgres://u@bouncer/d"),
+        (
+            "CHATPOOL_LISTENER_DATABASE_URL",
+            "postgres://u@db/d?connect_timeout=3",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.database.listener.unwrap().connect_timeout,
+        Duration::from_secs(3)
+    );
 }

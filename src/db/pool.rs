@@ -96,6 +96,11 @@ impl PoolSettings {
             self.tx_timeout.as_millis()
         );
         if self.session.pgbouncer {
+            // The URL's own options first, chatpool's after (they win).
+            for (name, value) in &self.session.option_settings {
+                let quoted = value.replace('\'', "''");
+                sql.push_str(&format!("; SET LOCAL {name} = '{quoted}'"));
+            }
             for (name, value) in self.session_settings() {
                 if name != "statement_timeout" {
                     sql.push_str(&format!("; SET LOCAL {name} = {value}"));

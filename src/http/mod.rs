@@ -74,12 +74,14 @@ pub fn router(state: AppState) -> Router {
             server::drain_gate,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Inside the request id and the log, so preflights get both; outside
+        // everything that answers, so every answer gets its headers.
+        .layer(cors::layer(&state.settings().cors))
         .layer(middleware::from_fn(observe))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(middleware::map_request(drop_unusable_request_id))
-        .layer(cors::layer(&state.settings().cors))
         .with_state(state)
 }
 

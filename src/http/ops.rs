@@ -37,7 +37,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             axum::Json(json!({"status": "shutting_down"})),
         );
     }
-    let limit = READY_CHECK_LIMIT.min(state.settings().database.max_wait);
+    // An empty pool stays empty (SPEC §6, "Pool at rest"): while the
+    // listener's connection to the same server is up, the database answers.
+    // Behind a PgBouncer the pool's path differs, so it is pinged anyway.
+    let database = &state.settings().database;
+    let pool_empty = state.db().pool().status().size == 0;
+    if pool_empty && state.hub().tokens().is_enabled() && database.listener.is_none() {
+        return (StatusCode::OK, axum::Json(json!({"status": "ready"})));
+    }
+    let limit = READY_CHECK_LIMIT.min(database.max_wait);
     match state.db().ping(limit).await {
         Ok(()) | Err(DbError::Busy) if !state.shutdown().is_triggered() => {
             (StatusCode::OK, axum::Json(json!({"status": "ready"})))

@@ -121,16 +121,21 @@ async fn run(target: Target, db: Db, hub: Hub, stop: CancellationToken) {
         // From here on every revocation and role change reaches the hub.
         hub.tokens().set_enabled(true);
 
-        let mut notifications = std::pin::pin!(conn.notifications_stream());
         loop {
-            let next = tokio::select! {
-                () = stop.cancelled() => return,
-                next = notifications.next() => next,
+            // A stream per notification: it only borrows the connection's
+            // queue (nothing is lost in between), and the sender check needs
+            // the connection itself in between.
+            let next = {
+                let mut notifications = std::pin::pin!(conn.notifications_stream());
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    next = notifications.next() => next,
+                }
             };
             match next {
                 Some(Ok(n)) => {
                     metrics::counter!(m::LISTENER_NOTIFICATIONS_TOTAL).increment(1);
-                    handle(&db, &hub, &mut senders, n.process_id, &n.payload).await;
+                    handle(&db, &hub, &mut senders, &mut conn, n.process_id, &n.payload).await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "listener connection failed");
@@ -160,7 +165,14 @@ async fn listen(target: &Target) -> anyhow::Result<diesel_async::AsyncPgConnecti
 /// signed it: access changes and cache evictions at once, then messages and
 /// socket-closing revocations, in order, if its sender may write chatpool's
 /// tables.
-async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &str) {
+async fn handle(
+    db: &Db,
+    hub: &Hub,
+    senders: &mut Senders,
+    conn: &mut diesel_async::AsyncPgConnection,
+    pid: i32,
+    payload: &str,
+) {
     let key = db.channel_key();
     let Some(body) = key.open(payload) else {
         metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);
@@ -192,7 +204,7 @@ async fn handle(db: &Db, hub: &Hub, senders: &mut Senders, pid: i32, payload: &s
         return;
     }
     // What must come from a writer: a message shown, a socket closed.
-    let events = match senders.check(db, pid).await {
+    let events = match senders.check(conn, pid).await {
         Sender::Writer => resolve_all(db, checked).await,
         Sender::NotWriter => {
             metrics::counter!(m::LISTENER_FORGED_TOTAL).increment(1);

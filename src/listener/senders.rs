@@ -14,21 +14,24 @@
 //! listener (a message is read back by seq, a revocation stands only if the
 //! token is gone).
 //!
-//! Answers are cached per process id for [`TTL`], so the check costs about
-//! one query per pooled connection of each instance per minute, not one per
-//! notification. A process id is reused only after the kernel has cycled
-//! through every other one, which takes far longer than the cache keeps it.
+//! The lookup runs on the listener's own connection (a session of its own,
+//! outside the pool), so a busy pool never delays or fails it. Answers are
+//! cached per process id for [`TTL`]: about one query per pooled connection
+//! of each instance every few seconds, not one per notification. A process
+//! id is reused only after the kernel has handed out every other one, far
+//! more than a few seconds' worth of new connections.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use diesel_async::AsyncPgConnection;
 
-use crate::db::Db;
 use crate::store;
 
 /// How long a sender's role check is believed.
-pub const TTL: Duration = Duration::from_secs(60);
+pub const TTL: Duration = Duration::from_secs(5);
+/// Longest the lookup may take on the listener's connection.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
 /// Senders remembered at most (beyond it, stale ones are forgotten first).
 const CAPACITY: usize = 4096;
 
@@ -51,16 +54,18 @@ pub struct Senders {
 }
 
 impl Senders {
-    /// Whether the backend `pid` may write chatpool's tables.
-    pub async fn check(&mut self, db: &Db, pid: i32) -> Sender {
+    /// Whether the backend `pid` may write chatpool's tables, asked on
+    /// `conn` (the listener's own connection).
+    pub async fn check(&mut self, conn: &mut AsyncPgConnection, pid: i32) -> Sender {
         if let Some(&(can_write, at)) = self.known.get(&pid) {
             if at.elapsed() < TTL {
                 return verdict(can_write);
             }
         }
-        match db
-            .run(move |c| store::events::sender_can_write(c, pid).boxed())
+        let lookup = store::events::sender_can_write(conn, pid);
+        match tokio::time::timeout(LOOKUP_LIMIT, lookup)
             .await
+            .unwrap_or_else(|_| Err(diesel::result::Error::BrokenTransactionManager))
         {
             Ok(Some(can_write)) => {
                 self.remember(pid, can_write);

@@ -199,15 +199,18 @@ struct SenderRow {
 }
 
 /// Whether the backend `pid` belongs to a role that may write chatpool's
-/// messages; `None` when no such backend is connected any more.
+/// messages; `None` when no such backend is connected any more. Run on the
+/// listener's connection only; its `/* chatpool listener */` mark tells
+/// operators which backend is the listener in `pg_stat_activity.query`
+/// (that or `LISTEN chatpool_events`).
 pub async fn sender_can_write(
     conn: &mut AsyncPgConnection,
     pid: i32,
 ) -> Result<Option<bool>, diesel::result::Error> {
     use diesel::OptionalExtension;
     diesel::sql_query(
-        "SELECT has_table_privilege(a.usesysid, 'messages'::regclass, 'INSERT') AS can_write \
-         FROM pg_stat_activity a WHERE a.pid = $1 AND a.usesysid IS NOT NULL",
+        "/* chatpool listener */ SELECT has_table_privilege(a.usesysid, 'messages'::regclass, \
+         'INSERT') AS can_write FROM pg_stat_activity a WHERE a.pid = $1 AND a.usesysid IS NOT NULL",
     )
     .bind::<diesel::sql_types::Integer, _>(pid)
     .get_result::<SenderRow>(conn)

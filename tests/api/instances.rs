@@ -69,7 +69,7 @@ pub(crate) async fn listener_pid(database: &str, role: &str) -> i64 {
     loop {
         let pid = admin_count(&format!(
             "SELECT coalesce(max(pid), 0)::bigint FROM pg_stat_activity WHERE datname = '{database}' \
-             AND usename = '{role}' AND query LIKE 'LISTEN %'"
+             AND usename = '{role}' AND (query LIKE 'LISTEN %' OR query LIKE '/* chatpool listener */%')"
         ))
         .await;
         if pid != 0 {
@@ -443,6 +443,28 @@ async fn with_the_token_cache_on_a_logout_and_a_role_change_apply_at_once_on_bot
     .await;
 }
 
+/// Sends a genuine notification (a revocation of a fresh user's token, from
+/// chatpool's own role) and waits until the listener has acted on it: the
+/// listener handles notifications in order, so everything sent before it
+/// has been handled too (a shared counter cannot tell whose it counted).
+async fn after_a_genuine_notification(app: &TestApp) {
+    let bob = seed_user(
+        app,
+        &format!("sentinel{}", rand::random::<u32>()),
+        Role::Member,
+    )
+    .await;
+    let mut sentinel = connect(app, &bob.token).await;
+    let genuine =
+        app.signed_notification(&json!([{"t": "r", "token_id": bob.token_id}]).to_string());
+    let owner = sql_client(&app.db.url, "chatpool-tests").await;
+    owner
+        .execute("SELECT pg_notify('chatpool_events', $1)", &[&genuine])
+        .await
+        .unwrap();
+    sentinel.expect_close(1008).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_nor_revoke_a_token() {
     bounded(async {
@@ -490,6 +512,7 @@ async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_no
         while app.metric("chatpool_listener_forged_total").await < before + 4.0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        after_a_genuine_notification(&app).await;
 
         // The real seq 1 is delivered, not taken for a duplicate of the fake.
         let (ack, frames) = ws.send_message(room, "real", "c1").await;
@@ -555,6 +578,7 @@ async fn a_role_that_can_read_the_key_but_not_write_chatpools_tables_still_canno
         while app.metric("chatpool_listener_forged_total").await < before + 2.0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        after_a_genuine_notification(&app).await;
 
         let (ack, frames) = ws.send_message(room, "real", "c1").await;
         assert_eq!(ack["message"]["seq"], 1);

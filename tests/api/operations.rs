@@ -117,16 +117,30 @@ async fn every_request_gets_a_request_id_and_one_info_log_line_without_its_query
             .unwrap();
         assert_eq!(given.status(), 401);
         assert_eq!(header(given.headers(), "x-request-id"), "crm-42.a");
-        // Replaced when not (too long, or characters a log line must not hold).
+        // Replaced when not: too long, characters a log line must not hold,
+        // or two of them.
         let long = "x".repeat(200);
-        let replaced = http
+        for bad in [long.as_str(), "a b", "<x>", "id\u{7f}", "caf\u{e9}"] {
+            let Ok(value) = HeaderValue::from_bytes(bad.as_bytes()) else {
+                continue;
+            };
+            let replaced = http
+                .get(server.url("/healthz"))
+                .header("x-request-id", value)
+                .send()
+                .await
+                .unwrap();
+            let replaced_id = header(replaced.headers(), "x-request-id");
+            assert_eq!(replaced_id.len(), 36, "{bad:?} became {replaced_id}");
+        }
+        let twice = http
             .get(server.url("/healthz"))
-            .header("x-request-id", &long)
+            .header("x-request-id", "one")
+            .header("x-request-id", "two")
             .send()
             .await
             .unwrap();
-        let replaced_id = header(replaced.headers(), "x-request-id");
-        assert_eq!(replaced_id.len(), 36, "{replaced_id}");
+        assert_eq!(header(twice.headers(), "x-request-id").len(), 36);
 
         // The log: one `request` line per request, at info.
         let lines = |id: &str| -> Vec<Value> {
@@ -371,6 +385,22 @@ fn every_setting_is_a_flag_listed_in_help_with_its_variable_and_default() {
     }
     assert!(seen >= 20, "only {seen} variables in the README table");
     assert!(help.contains("[default: 2000]"), "defaults shown");
+    // The database URLs' values (passwords) never show.
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--help"])
+        .env("DATABASE_URL", "postgres://u:s3cret@h/d")
+        .env(
+            "CHATPOOL_LISTENER_DATABASE_URL",
+            "postgres://u:l1stener@h/d",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !help.contains("s3cret") && !help.contains("l1stener"),
+        "{help}"
+    );
+    assert!(help.contains("[env: DATABASE_URL"), "{help}");
 }
 
 #[test]

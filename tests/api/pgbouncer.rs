@@ -92,7 +92,7 @@ async fn two_instances_behind_pgbouncer_send_read_dedupe_and_fan_out() {
         // PgBouncer's server connections.
         let listeners = admin_count(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-             AND query LIKE 'LISTEN %'",
+             AND (query LIKE 'LISTEN %' OR query LIKE '/* chatpool listener */%')",
             db.name
         ))
         .await;
@@ -103,7 +103,7 @@ async fn two_instances_behind_pgbouncer_send_read_dedupe_and_fan_out() {
         loop {
             let through_bouncer = admin_count(&format!(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-                 AND query LIKE 'LISTEN %' AND pid = ANY('{{{}}}'::int[])",
+                 AND (query LIKE 'LISTEN %' OR query LIKE '/* chatpool listener */%') AND pid = ANY('{{{}}}'::int[])",
                 db.name,
                 server_pids
                     .iter()
