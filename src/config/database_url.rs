@@ -216,6 +216,7 @@ impl DatabaseUrl {
         let mut mode = None;
         let mut root_cert = None;
         let mut accept = None;
+        let mut system_roots = false;
         let mut rest = Vec::new();
         let mut socket = None;
         for (key, value) in url.query_pairs() {
@@ -261,6 +262,8 @@ impl DatabaseUrl {
                     })?)
                 }
                 // libpq's CA file, and Prisma's name for the same thing.
+                // libpq's `system`: the system's roots, verify-full by default.
+                "sslrootcert" if value == "system" => system_roots = true,
                 "sslrootcert" | "sslcert" => root_cert = Some(PathBuf::from(value)),
                 "sslaccept" => {
                     accept = Some(match value.as_str() {
@@ -311,7 +314,10 @@ impl DatabaseUrl {
                 None => {}
             }
         }
-        let tls = tls_settings(mode, root_cert, accept)?;
+        if system_roots && mode.is_none() {
+            mode = Some(SslMode::VerifyFull);
+        }
+        let mut tls = tls_settings(mode, root_cert, accept)?;
 
         if rest.is_empty() {
             url.set_query(None);
@@ -331,12 +337,10 @@ impl DatabaseUrl {
             .get_hosts()
             .iter()
             .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
-        let effective = if unix_only {
-            SslMode::Disable
-        } else {
-            tls.mode
-        };
-        driver.ssl_mode(match effective {
+        if unix_only {
+            tls = TlsSettings::disabled();
+        }
+        driver.ssl_mode(match tls.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {

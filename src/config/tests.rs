@@ -453,3 +453,21 @@ fn behind_pgbouncer_the_urls_options_are_set_per_transaction() {
         Duration::from_secs(3)
     );
 }
+
+#[test]
+fn sslrootcert_system_means_the_system_roots_and_verify_full() {
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgres://u@db.example/d?sslrootcert=system",
+    )])
+    .unwrap();
+    assert_eq!(s.database.tls.mode, SslMode::VerifyFull);
+    assert_eq!(s.database.tls.root_cert, None);
+    // A Unix socket needs no TLS, so no roots either.
+    let s = settings(&[(
+        "DATABASE_URL",
+        "postgres://u@%2Ftmp%2Fpg/d?sslmode=verify-full",
+    )])
+    .unwrap();
+    assert_eq!(s.database.tls.mode, SslMode::Disable);
+}

@@ -40,6 +40,12 @@ struct Flag {
     value: bool,
 }
 
+/// The OpenAPI document the handlers generate, as JSON: what
+/// `/api/openapi.json` must serve.
+pub fn openapi_document() -> serde_json::Value {
+    serde_json::to_value(crate::http::openapi::document()).expect("the document serialises")
+}
+
 impl TestApp {
     /// `body` signed with this database's notification key, as another
     /// chatpool instance would send it on the channel.

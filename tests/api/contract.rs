@@ -116,6 +116,7 @@ async fn the_served_document_is_the_generated_one_and_schemathesis_finds_nothing
             .await
             .unwrap();
         assert_eq!(served["openapi"], "3.1.0");
+        assert_eq!(served, chatpool::testkit::probe::openapi_document());
         assert!(served["paths"]["/api/rooms/{id}/messages"]["post"].is_object());
 
         let schema = server.url("/api/openapi.json");
