@@ -16,14 +16,21 @@ use crate::binary;
 /// mismatch, small enough for CI.
 const MAX_EXAMPLES: &str = "25";
 
+/// `CHATPOOL_SCHEMATHESIS`, else the venv `.ci/schemathesis-venv` makes,
+/// made now (from PyPI) when missing.
 fn schemathesis() -> std::path::PathBuf {
-    let path = std::env::var_os("CHATPOOL_SCHEMATHESIS").map_or_else(
-        || {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/schemathesis-venv/bin/schemathesis")
-        },
-        Into::into,
-    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(path) = std::env::var_os("CHATPOOL_SCHEMATHESIS") {
+        return path.into();
+    }
+    let path = root.join("target/schemathesis-venv/bin/schemathesis");
+    if !path.is_file() {
+        let status = Command::new("bash")
+            .arg(root.join(".ci/schemathesis-venv"))
+            .status()
+            .expect("run .ci/schemathesis-venv");
+        assert!(status.success(), ".ci/schemathesis-venv failed");
+    }
     assert!(
         path.is_file(),
         "schemathesis is not installed at {}: run .ci/schemathesis-venv (as .ci/run does)",
