@@ -225,26 +225,11 @@ pub enum PublicErrors {
     Unavailable(ErrorBody),
 }
 
-/// [`PublicErrors`] and `unauthorized`, for the routes that need a token.
+/// `unauthorized`, which the routes that need a token add to [`PublicErrors`].
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 pub enum AuthErrors {
-    /// `bad_request`: malformed JSON, a missing or invalid field or parameter.
-    #[response(status = 400)]
-    BadRequest(ErrorBody),
     /// `unauthorized`: no token, or an invalid, revoked or expired one.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// `too_large`: a body over 64 KiB.
-    #[response(status = 413)]
-    TooLarge(ErrorBody),
-    /// `rate_limited`.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
-    RateLimited(ErrorBody),
-    /// `internal`: a bug (logged, never described).
-    #[response(status = 500)]
-    Internal(ErrorBody),
-    /// `db_busy`, `db_timeout`, `db_unavailable`, `shutting_down`, `server_busy`.
-    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
-    Unavailable(ErrorBody),
 }

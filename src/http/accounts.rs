@@ -184,7 +184,7 @@ pub struct LogoutQuery {
 /// sockets on every instance.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
     params(LogoutQuery),
-    responses((status = 204, description = "Logged out"), AuthErrors),
+    responses((status = 204, description = "Logged out"), PublicErrors, AuthErrors),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn logout(
@@ -214,7 +214,7 @@ pub async fn logout(
 
 /// `GET /api/me`: the caller's user object.
 #[utoipa::path(get, path = "/api/me", tag = "auth",
-    responses((status = 200, description = "The caller", body = UserView), AuthErrors),
+    responses((status = 200, description = "The caller", body = UserView), PublicErrors, AuthErrors),
     security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserView>, ApiError> {
     let id = user.id;
@@ -252,7 +252,7 @@ const USERS_LIMIT: (i64, i64) = (20, 100);
 /// (lowercased; empty or absent = everyone), by username, at most N.
 #[utoipa::path(get, path = "/api/users", tag = "users",
     params(UsersQuery),
-    responses((status = 200, description = "Users by username", body = UsersResponse), AuthErrors),
+    responses((status = 200, description = "Users by username", body = UsersResponse), PublicErrors, AuthErrors),
     security(("bearer" = [])))]
 pub async fn users(
     State(state): State<AppState>,

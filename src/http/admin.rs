@@ -10,7 +10,7 @@ use super::extract::{AdminUser, Path};
 use super::{Json, Query};
 use crate::announce::commit_and_announce;
 use crate::domain::{Role, UserView};
-use crate::error::{ApiError, AuthErrors, ErrorBody};
+use crate::error::{ApiError, AuthErrors, ErrorBody, PublicErrors};
 use crate::events::Event;
 use crate::ids::UserId;
 use crate::state::AppState;
@@ -39,7 +39,7 @@ const ADMIN_USERS_LIMIT: (i64, i64) = (50, 200);
     responses(
         (status = 200, description = "Users by id", body = UsersResponse),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn users(
@@ -80,7 +80,7 @@ pub struct PatchUserRequest {
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: the last admin", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(admin_id = user.id.0, user_id = id.0))]
@@ -162,7 +162,7 @@ pub struct Stats {
     responses(
         (status = 200, description = "Pool and database figures", body = Stats),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn stats(
@@ -217,7 +217,7 @@ pub struct ConnectionsResponse {
     responses(
         (status = 200, description = "This database's server connections", body = ConnectionsResponse),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn connections(

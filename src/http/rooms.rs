@@ -17,7 +17,7 @@ use crate::announce::commit_and_announce;
 use crate::auth::AuthUser;
 use crate::chat;
 use crate::domain::{ClientId, MessageBody, MessageView, Role, RoomName, RoomView};
-use crate::error::{ApiError, AuthErrors, ErrorBody};
+use crate::error::{ApiError, AuthErrors, ErrorBody, PublicErrors};
 use crate::events::Event;
 use crate::ids::{RoomId, Seq, UserId};
 use crate::state::AppState;
@@ -44,7 +44,7 @@ pub struct CreateRoomRequest {
 /// Unknown member ids are a 400: the client named someone who is not there.
 #[utoipa::path(post, path = "/api/rooms", tag = "rooms",
     request_body = CreateRoomRequest,
-    responses((status = 201, description = "The new room", body = RoomView), AuthErrors),
+    responses((status = 201, description = "The new room", body = RoomView), PublicErrors, AuthErrors),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0))]
 pub async fn create(
@@ -111,7 +111,7 @@ pub struct RoomsResponse {
     responses(
         (status = 200, description = "Rooms by id", body = RoomsResponse),
         (status = 403, description = "`forbidden`: scope=all for a member", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list(
@@ -149,7 +149,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The room", body = RoomView),
         (status = 404, description = "`not_found`, also for a room the caller may not see", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -187,7 +187,7 @@ pub struct AddMemberRequest {
     responses(
         (status = 204, description = "A member (already, or now)"),
         (status = 404, description = "`not_found`: no such room or user", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
@@ -228,7 +228,7 @@ pub async fn add_member(
         (status = 204, description = "Not a member (any more)"),
         (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]
@@ -316,7 +316,7 @@ impl HistoryQuery {
     responses(
         (status = 200, description = "A page of history, ascending by seq", body = HistoryResponse),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 pub async fn history(
@@ -359,7 +359,7 @@ pub struct SendRequest {
         (status = 201, description = "Stored", body = MessageView),
         (status = 200, description = "This client_id was sent before: the original", body = MessageView),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        AuthErrors,
+        PublicErrors, AuthErrors,
     ),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(user_id = user.id.0, room_id = room_id.0))]

@@ -85,32 +85,26 @@ impl TestApp {
     /// Runs `SELECT pg_sleep(secs)` in a transaction through the server's one
     /// database entry point, to see its transaction timeout at work.
     pub async fn sleep_in_transaction(&self, secs: f64) -> Result<(), DbError> {
-        self.state
-            .db()
-            .transaction(move |conn| {
-                async move {
-                    diesel::sql_query("SELECT pg_sleep($1)")
-                        .bind::<Double, _>(secs)
-                        .execute(conn)
-                        .await?;
-                    Ok::<_, DbError>(())
-                }
-                .boxed()
-            })
-            .await
+        self.sleep(secs, false).await
     }
 
     /// Like [`Self::sleep_in_transaction`], but with the server's own
     /// `statement_timeout` lifted inside it: only chatpool's timer and its
     /// cancel request can stop the sleep.
     pub async fn sleep_past_the_server_timeout(&self, secs: f64) -> Result<(), DbError> {
+        self.sleep(secs, true).await
+    }
+
+    async fn sleep(&self, secs: f64, lift_server_timeout: bool) -> Result<(), DbError> {
         self.state
             .db()
             .transaction(move |conn| {
                 async move {
-                    diesel::sql_query("SET LOCAL statement_timeout = 0")
-                        .execute(conn)
-                        .await?;
+                    if lift_server_timeout {
+                        diesel::sql_query("SET LOCAL statement_timeout = 0")
+                            .execute(conn)
+                            .await?;
+                    }
                     diesel::sql_query("SELECT pg_sleep($1)")
                         .bind::<Double, _>(secs)
                         .execute(conn)

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chatpool::testkit::ws::connect;
-use chatpool::testkit::{api, bounded, cluster, AppOptions, BinaryServer, TestApp};
+use chatpool::testkit::{api, bounded, cluster, AppOptions, BinaryServer, TestApp, TestDatabase};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
@@ -85,24 +85,27 @@ async fn cors_answers_preflights_for_listed_origins_only() {
     .await;
 }
 
+/// The real binary on a fresh database, with `env` on top.
+async fn binary_server(env: Vec<(&'static str, String)>) -> (BinaryServer, TestDatabase) {
+    let db = cluster().create_database().await;
+    let mut env = env;
+    env.push(("DATABASE_URL", db.url.clone()));
+    let server = tokio::task::spawn_blocking(move || {
+        BinaryServer::start(binary(), &env, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    (server, db)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_gets_a_request_id_and_one_info_log_line_without_its_query() {
     bounded(async {
-        let db = cluster().create_database().await;
-        let url = db.url.clone();
-        let server = tokio::task::spawn_blocking(move || {
-            BinaryServer::start(
-                binary(),
-                &[
-                    ("DATABASE_URL", url),
-                    ("RUST_LOG", "info".into()),
-                    ("CHATPOOL_LOG_FORMAT", "json".into()),
-                ],
-                Duration::from_secs(60),
-            )
-        })
-        .await
-        .unwrap();
+        let (server, _db) = binary_server(vec![
+            ("RUST_LOG", "info".into()),
+            ("CHATPOOL_LOG_FORMAT", "json".into()),
+        ])
+        .await;
         let http = reqwest::Client::new();
         // Made by the server when the client sends none.
         let made = http.get(server.url("/healthz")).send().await.unwrap();
@@ -188,20 +191,8 @@ fn series(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_scrape_has_every_series_on_the_private_metrics_address_only() {
     bounded(async {
-        let db = cluster().create_database().await;
-        let url = db.url.clone();
-        let server = tokio::task::spawn_blocking(move || {
-            BinaryServer::start(
-                binary(),
-                &[
-                    ("DATABASE_URL", url),
-                    ("CHATPOOL_METRICS_LISTEN", "127.0.0.1:0".into()),
-                ],
-                Duration::from_secs(60),
-            )
-        })
-        .await
-        .unwrap();
+        let (server, _db) =
+            binary_server(vec![("CHATPOOL_METRICS_LISTEN", "127.0.0.1:0".into())]).await;
         let line = server
             .wait_for_line("metrics on http://", Duration::from_secs(10))
             .await;
