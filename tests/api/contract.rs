@@ -77,36 +77,40 @@ async fn server_with_admin() -> (BinaryServer, String, chatpool::testkit::TestDa
     })
     .await
     .unwrap();
-    let login: Value = reqwest::Client::new()
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"username": "fuzzadmin", "password": "fuzz-admin-password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut request = http.post(server.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let login: Value = post(
+        "/api/auth/login",
+        None,
+        json!({"username": "fuzzadmin", "password": "fuzz-admin-password"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let token = login["token"].as_str().expect("a token").to_owned();
     // Something for the `{id}` paths to find: room 1 with a message.
-    let http = reqwest::Client::new();
-    let room: Value = http
-        .post(server.url("/api/rooms"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "fuzz"}))
-        .send()
+    let room: Value = post("/api/rooms", Some(&token), json!({"name": "fuzz"}))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     let room = room["id"].as_i64().expect("a room");
-    let sent = http
-        .post(server.url(&format!("/api/rooms/{room}/messages")))
-        .bearer_auth(&token)
-        .json(&json!({"body": "first"}))
-        .send()
-        .await
-        .unwrap();
+    let sent = post(
+        &format!("/api/rooms/{room}/messages"),
+        Some(&token),
+        json!({"body": "first"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(sent.status(), 201);
     (server, token, db)
 }

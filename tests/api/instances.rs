@@ -525,23 +525,53 @@ async fn nothing_was_forged(
     assert!(again.round_trip().await.is_empty());
 }
 
+/// An app with alice joined to her room, and a login role `{prefix}_…`
+/// created with `grants` (`""`, or e.g. ` IN ROLE pg_read_all_data`),
+/// connected as itself: the forger.
+struct Scene {
+    app: TestApp,
+    alice: Seeded,
+    room: i64,
+    ws: WsClient,
+    role: String,
+    forger: tokio_postgres::Client,
+}
+
+async fn forgery_scene(prefix: &str, grants: &str) -> Scene {
+    let app = AppOptions::default().spawn().await;
+    let alice = seed_user(&app, "alice", Role::Member).await;
+    let room = seed_room(&app, alice.id, &[]).await;
+    let mut ws = connect(&app, &alice.token).await;
+    ws.join(room, Some(0)).await;
+    let role = format!("{prefix}_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    admin_exec(&format!("CREATE ROLE {role} LOGIN{grants}")).await;
+    let url = app
+        .db
+        .url
+        .replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
+    let forger = sql_client(&url, prefix).await;
+    Scene {
+        app,
+        alice,
+        room,
+        ws,
+        role,
+        forger,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_nor_revoke_a_token() {
     bounded(async {
-        let app = AppOptions::default().spawn().await;
-        let alice = seed_user(&app, "alice", Role::Member).await;
-        let room = seed_room(&app, alice.id, &[]).await;
-        let mut ws = connect(&app, &alice.token).await;
-        ws.join(room, Some(0)).await;
-
         // A login role with no privilege on chatpool's tables.
-        let role = format!("intruder_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        admin_exec(&format!("CREATE ROLE {role} LOGIN")).await;
-        let url = app
-            .db
-            .url
-            .replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
-        let intruder = sql_client(&url, "intruder").await;
+        let Scene {
+            app,
+            alice,
+            room,
+            mut ws,
+            role,
+            forger: intruder,
+        } = forgery_scene("intruder", "").await;
         assert!(
             intruder
                 .query("SELECT key FROM notify_key", &[])
@@ -572,23 +602,15 @@ async fn a_role_that_cannot_read_chatpools_tables_can_neither_forge_a_message_no
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_that_can_read_the_key_but_not_write_chatpools_tables_still_cannot_forge() {
     bounded(async {
-        let app = AppOptions::default().spawn().await;
-        let alice = seed_user(&app, "alice", Role::Member).await;
-        let room = seed_room(&app, alice.id, &[]).await;
-        let mut ws = connect(&app, &alice.token).await;
-        ws.join(room, Some(0)).await;
-
         // A role that reads every table, the key included, and writes none.
-        let role = format!("reader_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        admin_exec(&format!(
-            "CREATE ROLE {role} LOGIN IN ROLE pg_read_all_data"
-        ))
-        .await;
-        let url = app
-            .db
-            .url
-            .replacen("postgres://chatpool@", &format!("postgres://{role}@"), 1);
-        let reader = sql_client(&url, "reader").await;
+        let Scene {
+            app,
+            alice,
+            room,
+            mut ws,
+            role,
+            forger: reader,
+        } = forgery_scene("reader", " IN ROLE pg_read_all_data").await;
         let keys = reader
             .query("SELECT key FROM notify_key", &[])
             .await

@@ -202,13 +202,16 @@ async fn the_first_scrape_has_every_series_on_the_private_metrics_address_only()
             .and_then(|rest| rest.split('/').next())
             .unwrap()
             .to_owned();
+        let scrape = || async {
+            reqwest::get(format!("http://{metrics_addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
         // The very first request to this process: the scrape.
-        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape().await;
         let names = series(&text);
         for expected in [
             "chatpool_http_requests_total",
@@ -248,12 +251,7 @@ async fn the_first_scrape_has_every_series_on_the_private_metrics_address_only()
         assert_eq!(public.status(), 404);
         // Requests are timed by route.
         reqwest::get(server.url("/healthz")).await.unwrap();
-        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape().await;
         assert!(text.contains(
             "chatpool_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"}"
         ));
