@@ -90,5 +90,8 @@ pub fn deliver(hub: &Hub, event: &Event) {
         Event::Message(message) => hub.publish_message(message),
         Event::Revoked { token_id } => hub.revoke_token(*token_id),
         Event::AccessChanged { user_id } => hub.access_changed(*user_id),
+        Event::Updated(message) => hub.publish_update(message),
+        Event::Read(read) => hub.publish_read(read),
+        Event::Presence(change) => hub.publish_presence(change),
     }
 }

@@ -185,6 +185,10 @@ pub struct Settings {
     /// Interval of the server's WebSocket pings (`CHATPOOL_HEARTBEAT_MS`,
     /// default 30 s); a peer silent for three intervals is dropped.
     pub heartbeat: Duration,
+    /// How long an instance's share of presence outlives its last renewal
+    /// (`CHATPOOL_PRESENCE_LEASE_MS`, default 30 s, at most 45 s): a crashed
+    /// instance's users go offline within a lease and a third.
+    pub presence_lease: Duration,
     /// Whether `POST /api/auth/register` is open to anyone.
     pub registration_open: bool,
     /// Log output format.
@@ -309,6 +313,16 @@ impl Settings {
             .map(|v| parse_millis_at_most("CHATPOOL_HEARTBEAT_MS", &v, MAX_HEARTBEAT))
             .transpose()?
             .unwrap_or(Duration::from_millis(30_000));
+        let presence_lease = get("CHATPOOL_PRESENCE_LEASE_MS")
+            .map(|v| parse_millis_at_most("CHATPOOL_PRESENCE_LEASE_MS", &v, MAX_PRESENCE_LEASE))
+            .transpose()?
+            .unwrap_or(Duration::from_millis(30_000));
+        if presence_lease < MIN_PRESENCE_LEASE {
+            return Err(ConfigError::new(
+                "CHATPOOL_PRESENCE_LEASE_MS",
+                format!("must be at least {} ms", MIN_PRESENCE_LEASE.as_millis()),
+            ));
+        }
         let registration_open = get("CHATPOOL_REGISTRATION")
             .map(|v| match v.trim() {
                 "open" => Ok(true),
@@ -408,6 +422,7 @@ impl Settings {
             token_ttl,
             body_timeout,
             heartbeat,
+            presence_lease,
             registration_open,
             log_format,
         })
@@ -487,6 +502,12 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Longest `CHATPOOL_HEARTBEAT_MS`: an hour (a peer is dropped after three).
 const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// Longest presence lease: renewed every third of it, a crashed instance's
+/// users go offline within 60 s (SPEC §5).
+const MAX_PRESENCE_LEASE: Duration = Duration::from_secs(45);
+/// Shortest presence lease (each instance renews it every third of it).
+const MIN_PRESENCE_LEASE: Duration = Duration::from_secs(1);
 
 fn parse_millis_at_most(param: &str, value: &str, max: Duration) -> Result<Duration, ConfigError> {
     let d = parse_millis(param, value)?;

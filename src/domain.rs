@@ -249,6 +249,17 @@ pub fn serialize_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S
     s.serialize_str(&format_time(t))
 }
 
+/// [`serialize_time`] for a time that may be absent (`null`).
+pub fn serialize_opt_time<S: Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// RFC 3339 UTC with milliseconds.
 pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -287,6 +298,10 @@ pub struct RoomView {
     pub member_count: i64,
     /// Seq of the room's latest message (0 when empty).
     pub last_seq: Seq,
+    /// The caller's read marker: the highest seq they have read (0 when never set).
+    pub last_read_seq: Seq,
+    /// `last_seq - last_read_seq`.
+    pub unread: i64,
 }
 
 /// The author inside a message object.
@@ -311,7 +326,7 @@ pub struct MessageView {
     pub seq: Seq,
     /// Who sent it.
     pub author: AuthorView,
-    /// The text.
+    /// The text; `""` once deleted.
     pub body: String,
     /// The sender's idempotency key, if any.
     pub client_id: Option<String>,
@@ -319,6 +334,15 @@ pub struct MessageView {
     #[serde(serialize_with = "serialize_time")]
     #[schema(example = "2026-11-22T10:00:00.123Z")]
     pub created_at: DateTime<Utc>,
+    /// When the author last edited it (null: never).
+    #[serde(default, serialize_with = "serialize_opt_time")]
+    #[schema(example = json!(null))]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// When it was deleted (null: it was not); a deleted message is a
+    /// tombstone: same id, seq, author and time, body `""`.
+    #[serde(default, serialize_with = "serialize_opt_time")]
+    #[schema(example = json!(null))]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -337,6 +361,8 @@ impl MessageView {
             body: body.into(),
             client_id: None,
             created_at: Utc::now(),
+            edited_at: None,
+            deleted_at: None,
         }
     }
 }

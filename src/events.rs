@@ -7,7 +7,37 @@
 //! instance's hub directly after the commit.
 
 use crate::domain::MessageView;
-use crate::ids::{TokenId, UserId};
+use crate::ids::{RoomId, Seq, TokenId, UserId};
+
+/// A read marker that moved forward (SPEC §5 read receipts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReceipt {
+    /// The room.
+    pub room_id: RoomId,
+    /// Whose marker.
+    pub user_id: UserId,
+    /// Their login name.
+    pub username: String,
+    /// The marker now.
+    pub last_read_seq: Seq,
+}
+
+/// A user's first socket joined a room, or their last one left it, counted
+/// over every instance (SPEC §5 presence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The room.
+    pub room_id: RoomId,
+    /// Who.
+    pub user_id: UserId,
+    /// Their login name.
+    pub username: String,
+    /// Online (first socket joined) or offline (last one gone).
+    pub online: bool,
+    /// Unique per change, so the copy that returns through this instance's
+    /// own listener is told apart from a later change with the same content.
+    pub nonce: u64,
+}
 
 /// A committed change that sockets (on any instance) must react to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,4 +55,11 @@ pub enum Event {
         /// The user's id.
         user_id: UserId,
     },
+    /// A message was edited or deleted: its new state, for every socket
+    /// joined to its room.
+    Updated(MessageView),
+    /// A read marker moved forward: for the room's sockets and the user's.
+    Read(ReadReceipt),
+    /// A user came online in a room or went offline there.
+    Presence(PresenceChange),
 }

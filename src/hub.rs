@@ -26,8 +26,11 @@
 //! meanwhile) is never encoded at all.
 
 mod delivery;
+mod presence;
+mod recent;
 
 pub use self::delivery::{Delivery, Shared, Typing};
+pub use self::presence::Pair;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +41,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::MessageView;
+use crate::events::{PresenceChange, ReadReceipt};
 use crate::ids::{RoomId, Seq, TokenId, UserId};
 use crate::metrics as m;
 use crate::tokens::TokenCache;
@@ -114,6 +118,12 @@ struct Inner {
     registered: AtomicUsize,
     slow_closes: AtomicU64,
     high_water: AtomicUsize,
+    /// Who has a socket joined to which room here.
+    ledger: Mutex<presence::Ledger>,
+    /// Holds a permit when the ledger has changes.
+    presence_changed: Notify,
+    /// Edits, receipts and presence changes fanned out lately.
+    recent: Mutex<recent::Recent>,
 }
 
 /// Shared fan-out point; cheap to clone.
@@ -139,17 +149,109 @@ impl Hub {
         self.observe(message.room_id, message.seq);
         let shared = Shared::new(message.clone());
         for link in subscribers.values() {
-            match link.queue.try_send(Delivery::Message(shared.clone())) {
-                Ok(()) => self.note_depth(link),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if link.reason.get().is_none() {
-                        self.inner.slow_closes.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(session = link.id, "slow consumer: closing the session");
-                    }
-                    link.close(CloseReason::SlowConsumer);
+            self.must_deliver(link, Delivery::Message(shared.clone()));
+        }
+    }
+
+    /// Queues `delivery` for `link`, closing it as a slow consumer when its
+    /// queue is full.
+    fn must_deliver(&self, link: &Link, delivery: Delivery) {
+        match link.queue.try_send(delivery) {
+            Ok(()) => self.note_depth(link),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if link.reason.get().is_none() {
+                    self.inner.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(session = link.id, "slow consumer: closing the session");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                link.close(CloseReason::SlowConsumer);
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queues `delivery` for every socket joined to `room_id` and, when
+    /// `user_id` is given, every socket of that user: once per socket.
+    fn fan_out(&self, room_id: RoomId, user_id: Option<UserId>, delivery: Delivery) {
+        let rooms = self.inner.rooms.read().expect("hub lock");
+        let subscribers = rooms.get(&room_id);
+        if let Some(subscribers) = subscribers {
+            for link in subscribers.values() {
+                self.must_deliver(link, delivery.clone());
+            }
+        }
+        let Some(user_id) = user_id else {
+            return;
+        };
+        let users = self.inner.users.lock().expect("hub lock");
+        for link in users.get(&user_id).into_iter().flat_map(HashMap::values) {
+            if !subscribers.is_some_and(|s| s.contains_key(&link.id)) {
+                self.must_deliver(link, delivery.clone());
+            }
+        }
+    }
+
+    /// Whether an event with `key` is new here (not the listener's copy of
+    /// one published already).
+    fn first_time(&self, key: impl std::hash::Hash) -> bool {
+        self.inner.recent.lock().expect("hub lock").first_time(key)
+    }
+
+    /// Delivers an edited or deleted message's new state to every socket
+    /// joined to its room.
+    pub fn publish_update(&self, message: &MessageView) {
+        // At the wire's precision (milliseconds): the listener's copy of an
+        // inline update has only that.
+        let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
+        let key = (
+            "updated",
+            message.id,
+            millis(message.edited_at),
+            millis(message.deleted_at),
+        );
+        if self.first_time(key) {
+            let shared = Shared::new(message.clone());
+            self.fan_out(message.room_id, None, Delivery::Updated(shared));
+        }
+    }
+
+    /// Delivers a read receipt to the room's sockets and the reader's own.
+    pub fn publish_read(&self, read: &ReadReceipt) {
+        let key = ("read", read.room_id, read.user_id, read.last_read_seq);
+        if self.first_time(key) {
+            let shared = Shared::new(read.clone());
+            self.fan_out(read.room_id, Some(read.user_id), Delivery::Read(shared));
+        }
+    }
+
+    /// Delivers a presence change to the room's sockets and the user's own.
+    pub fn publish_presence(&self, change: &PresenceChange) {
+        if self.first_time(("presence", change.nonce)) {
+            let shared = Shared::new(change.clone());
+            let delivery = Delivery::Presence(shared);
+            self.fan_out(change.room_id, Some(change.user_id), delivery);
+        }
+    }
+
+    /// Every user and room with a socket joined here.
+    pub fn present_here(&self) -> Vec<Pair> {
+        self.inner.ledger.lock().expect("hub lock").present()
+    }
+
+    /// Resolves once a user's first socket joined a room here or their last
+    /// one left (a permit is kept while nobody waits).
+    pub async fn presence_changed(&self) {
+        self.inner.presence_changed.notified().await;
+    }
+
+    fn ledger(&self, room_id: RoomId, user_id: UserId, joined: bool) {
+        let mut ledger = self.inner.ledger.lock().expect("hub lock");
+        let changed = if joined {
+            ledger.joined((room_id, user_id))
+        } else {
+            ledger.left((room_id, user_id))
+        };
+        if changed {
+            self.inner.presence_changed.notify_one();
         }
     }
 
@@ -470,6 +572,7 @@ impl Registration {
             .or_default()
             .insert(self.link.id, self.link.clone());
         self.rooms.push(room_id);
+        self.hub.ledger(room_id, self.link.user_id, true);
     }
 
     /// Stops queueing the room's events (events already queued stay).
@@ -486,6 +589,8 @@ impl Registration {
                 self.hub.forget_room(room_id);
             }
         }
+        drop(rooms);
+        self.hub.ledger(room_id, self.link.user_id, false);
     }
 
     /// Records that this session's join read the room up to `seq`.
@@ -498,14 +603,18 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if !self.rooms.is_empty() {
             let mut rooms = self.hub.inner.rooms.write().expect("hub lock");
-            for room_id in self.rooms.drain(..) {
-                if let Some(subscribers) = rooms.get_mut(&room_id) {
+            for room_id in &self.rooms {
+                if let Some(subscribers) = rooms.get_mut(room_id) {
                     subscribers.remove(&self.link.id);
                     if subscribers.is_empty() {
-                        rooms.remove(&room_id);
-                        self.hub.forget_room(room_id);
+                        rooms.remove(room_id);
+                        self.hub.forget_room(*room_id);
                     }
                 }
+            }
+            drop(rooms);
+            for room_id in std::mem::take(&mut self.rooms) {
+                self.hub.ledger(room_id, self.link.user_id, false);
             }
         }
         let mut tokens = self.hub.inner.tokens.lock().expect("hub lock");

@@ -16,8 +16,10 @@ diesel::table! {
         seq -> Int8,
         author_id -> Int8,
         client_id -> Nullable<Text>,
-        body -> Text,
+        body -> Nullable<Text>,
         created_at -> Timestamptz,
+        edited_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -25,6 +27,29 @@ diesel::table! {
     notify_key (id) {
         id -> Bool,
         key -> Bytea,
+    }
+}
+
+diesel::table! {
+    presence (room_id, user_id, instance_id) {
+        room_id -> Int8,
+        user_id -> Int8,
+        instance_id -> Int8,
+    }
+}
+
+diesel::table! {
+    presence_leases (instance_id) {
+        instance_id -> Int8,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    read_markers (user_id, room_id) {
+        user_id -> Int8,
+        room_id -> Int8,
+        last_read_seq -> Int8,
     }
 }
 
@@ -60,6 +85,10 @@ diesel::table! {
 diesel::joinable!(auth_tokens -> users (user_id));
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(messages -> users (author_id));
+diesel::joinable!(presence -> rooms (room_id));
+diesel::joinable!(presence -> users (user_id));
+diesel::joinable!(read_markers -> rooms (room_id));
+diesel::joinable!(read_markers -> users (user_id));
 diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(room_members -> users (user_id));
 diesel::joinable!(rooms -> users (created_by));
@@ -68,6 +97,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     auth_tokens,
     messages,
     notify_key,
+    presence,
+    presence_leases,
+    read_markers,
     room_members,
     rooms,
     users,

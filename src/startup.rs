@@ -290,6 +290,7 @@ impl Application {
         crate::expiry::spawn(&state);
         spawn_limits_pruner(&state);
         spawn_pool_reaper(&state);
+        crate::presence::spawn(&state);
         tracing::info!("listening on http://{addr}");
         if let Some(metrics) = metrics_addr {
             tracing::info!("metrics on http://{metrics}/metrics");

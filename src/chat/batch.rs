@@ -328,6 +328,8 @@ fn answer(outcome: SendOutcome, send: NewSend, author: AuthorView) -> Result<Sen
         seq,
         body,
         created_at,
+        edited_at,
+        deleted_at,
     } = stored;
     Ok(Sent {
         message: MessageView {
@@ -338,6 +340,8 @@ fn answer(outcome: SendOutcome, send: NewSend, author: AuthorView) -> Result<Sen
             body,
             client_id: send.client_id,
             created_at,
+            edited_at,
+            deleted_at,
         },
         created,
     })

@@ -113,6 +113,12 @@ pub const VARS: &[Var] = &[
         "interval of the server's WebSocket pings; a peer silent for three is dropped",
     ),
     var(
+        "CHATPOOL_PRESENCE_LEASE_MS",
+        "presence-lease-ms",
+        "30000",
+        "an instance's presence outlives its last renewal this long (renewed every third; 1000-45000)",
+    ),
+    var(
         "CHATPOOL_SEND_RATE",
         "send-rate",
         "10",

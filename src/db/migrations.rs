@@ -44,12 +44,24 @@ pub async fn revert_all(db: &Db) -> anyhow::Result<Vec<String>> {
     with_lock(db.acquire().await?, db.schema(), Work::RevertAll).await
 }
 
+/// Reverts the latest `n` migrations (for tests of upgrades on a database
+/// already holding data).
+///
+/// # Errors
+/// As [`run_pending`].
+#[cfg(any(test, feature = "testkit"))]
+pub async fn revert_latest(db: &Db, n: usize) -> anyhow::Result<Vec<String>> {
+    with_lock(db.acquire().await?, db.schema(), Work::RevertLatest(n)).await
+}
+
 /// What to do under the lock.
 #[derive(Clone, Copy)]
 enum Work {
     RunPending,
     #[cfg_attr(not(any(test, feature = "testkit")), allow(dead_code))]
     RevertAll,
+    #[cfg_attr(not(any(test, feature = "testkit")), allow(dead_code))]
+    RevertLatest(usize),
 }
 
 /// Runs `work` on `conn` under the advisory lock, in `schema` (created first
@@ -82,6 +94,13 @@ where
         Work::RevertAll => harness
             .revert_all_migrations(MIGRATIONS)
             .map(|v| v.iter().map(ToString::to_string).collect()),
+        Work::RevertLatest(n) => (0..n)
+            .map(|_| {
+                harness
+                    .revert_last_migration(MIGRATIONS)
+                    .map(|v| v.to_string())
+            })
+            .collect(),
     };
     let outcome = versions.map_err(|e| anyhow::anyhow!("migration failed: {e}"));
     let mut conn = harness.into_inner();

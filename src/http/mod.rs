@@ -5,11 +5,13 @@
 
 mod accounts;
 mod admin;
+mod conversation;
 mod cors;
 mod extract;
 pub mod openapi;
 mod ops;
 mod rooms;
+mod search;
 pub mod server;
 
 use std::time::Instant;

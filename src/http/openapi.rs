@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{accounts, admin, ops, rooms};
+use super::{accounts, admin, conversation, ops, rooms, search};
 use crate::error::ErrorBody;
 use crate::state::AppState;
 
@@ -56,6 +56,10 @@ pub fn api(metrics: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(rooms::add_member))
         .routes(routes!(rooms::remove_member))
         .routes(routes!(rooms::history, rooms::send))
+        .routes(routes!(conversation::edit, conversation::delete))
+        .routes(routes!(conversation::read))
+        .routes(routes!(conversation::presence))
+        .routes(routes!(search::search))
         .routes(routes!(admin::users))
         .routes(routes!(admin::patch_user))
         .routes(routes!(admin::stats))
@@ -78,7 +82,7 @@ mod tests {
 
     use serde_json::Value;
 
-    /// SPEC §2's routes, §3's upgrade and the ops endpoints.
+    /// SPEC §2's routes, §3's upgrade, §5's and the ops endpoints.
     const SPEC_ROUTES: &[&str] = &[
         "GET /healthz",
         "GET /readyz",
@@ -96,6 +100,11 @@ mod tests {
         "DELETE /api/rooms/{id}/members/{user_id}",
         "GET /api/rooms/{id}/messages",
         "POST /api/rooms/{id}/messages",
+        "PATCH /api/rooms/{id}/messages/{seq}",
+        "DELETE /api/rooms/{id}/messages/{seq}",
+        "POST /api/rooms/{id}/read",
+        "GET /api/rooms/{id}/presence",
+        "GET /api/search",
         "GET /api/admin/users",
         "PATCH /api/admin/users/{id}",
         "GET /api/admin/stats",

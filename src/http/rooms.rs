@@ -134,7 +134,7 @@ pub async fn list(
         .db()
         .run(move |c| {
             if all {
-                store::rooms::all(c).boxed()
+                store::rooms::all(c, id).boxed()
             } else {
                 store::rooms::for_member(c, id).boxed()
             }
@@ -165,7 +165,9 @@ pub async fn get(
                 if !store::rooms::visible_to(conn, room_id, caller).await? {
                     return Err(no_room());
                 }
-                store::rooms::get(conn, room_id).await?.ok_or_else(no_room)
+                store::rooms::get(conn, room_id, caller)
+                    .await?
+                    .ok_or_else(no_room)
             }
             .boxed()
         })

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::MessageView;
+use crate::events::{PresenceChange, ReadReceipt};
 use crate::ids::{RoomId, UserId};
 
 /// One published item, shared by every session it is queued for: the data,
@@ -57,4 +58,11 @@ pub enum Delivery {
     Message(Arc<Shared<MessageView>>),
     /// Someone else is typing in a subscribed room.
     Typing(Arc<Shared<Typing>>),
+    /// A message of a subscribed room was edited or deleted: its new state.
+    Updated(Arc<Shared<MessageView>>),
+    /// A read marker moved, in a subscribed room or of the session's user.
+    Read(Arc<Shared<ReadReceipt>>),
+    /// Someone came online or went offline in a subscribed room (or it is
+    /// the session's user).
+    Presence(Arc<Shared<PresenceChange>>),
 }

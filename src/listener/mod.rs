@@ -197,7 +197,10 @@ async fn handle(
             Payload::AccessChanged { user_id } => {
                 deliver(hub, &Event::AccessChanged { user_id });
             }
-            Payload::Message { .. } => checked.push(item),
+            Payload::Message { .. }
+            | Payload::Updated { .. }
+            | Payload::Read { .. }
+            | Payload::Presence { .. } => checked.push(item),
         }
     }
     if checked.is_empty() {
@@ -231,23 +234,72 @@ async fn resolve_all(db: &Db, items: Vec<Payload>) -> Vec<Event> {
 }
 
 /// The events of a notification whose sender could not be checked, taken as
-/// hints and checked against the tables: every message is read back by seq
-/// (a forged one is not found, or the real one is delivered instead), and a
-/// revocation stands only for a token that no longer exists. An access
-/// change needs no check: the sessions re-read their access from the tables.
+/// hints and checked against the tables: every message and update is read
+/// back by seq (a forged one is not found, or the real one is delivered
+/// instead), a read receipt carries the marker as stored, a presence change
+/// stands only if the presence table agrees, and a revocation only for a
+/// token that no longer exists. An access change needs no check: the
+/// sessions re-read their access from the tables.
 pub(crate) async fn verified(db: &Db, items: Vec<Payload>) -> Vec<Event> {
-    let hints = items
-        .into_iter()
-        .map(|item| match item {
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        let event = match item {
             Payload::Message { room_id, seq, .. } => Payload::Message {
                 room_id,
                 seq,
                 message: None,
             },
+            Payload::Updated { room_id, seq, .. } => Payload::Updated {
+                room_id,
+                seq,
+                message: None,
+            },
+            Payload::Read {
+                room_id,
+                user_id,
+                username,
+                ..
+            } => {
+                let stored = db
+                    .run(move |c| store::reads::marker(c, room_id, user_id).boxed())
+                    .await;
+                match stored {
+                    Ok(seq) if seq > Seq(0) => Payload::Read {
+                        room_id,
+                        user_id,
+                        username,
+                        seq,
+                    },
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check an announced read receipt");
+                        continue;
+                    }
+                }
+            }
+            Payload::Presence {
+                room_id,
+                user_id,
+                online,
+                ..
+            } => {
+                let stored = db
+                    .run(move |c| store::presence::is_online(c, room_id, user_id).boxed())
+                    .await;
+                match stored {
+                    Ok(now) if now == online => item,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check an announced presence change");
+                        continue;
+                    }
+                }
+            }
             other => other,
-        })
-        .collect();
-    let mut events = resolve_all(db, hints).await;
+        };
+        events.push(event);
+    }
+    let mut events = resolve_all(db, events).await;
     let revoked: Vec<TokenId> = events
         .iter()
         .filter_map(|e| match e {
@@ -270,42 +322,44 @@ pub(crate) async fn verified(db: &Db, items: Vec<Payload>) -> Vec<Event> {
     events
 }
 
-/// The event a payload announces; a message too large to travel inline is
-/// read back from the database.
+/// The event a payload announces; a message or update too large to travel
+/// inline is read back from the database.
 async fn resolve(db: &Db, item: Payload) -> Option<Event> {
-    Some(match item {
-        Payload::Message {
-            message: Some(message),
-            ..
-        } => Event::Message(message),
+    let (room_id, seq, updated) = match item {
         Payload::Message {
             room_id,
             seq,
             message: None,
-        } => match fetch(db, room_id, seq).await {
-            Ok(Some(message)) => Event::Message(message),
-            Ok(None) => {
-                tracing::warn!(
-                    room_id = room_id.0,
-                    seq = seq.0,
-                    "announced message not found"
-                );
-                return None;
-            }
-            // The room's next catch-up or a socket's rejoin recovers it.
-            Err(e) => {
-                tracing::warn!(
-                    room_id = room_id.0,
-                    seq = seq.0,
-                    error = %e,
-                    "cannot fetch an announced message"
-                );
-                return None;
-            }
-        },
-        Payload::Revoked { token_id } => Event::Revoked { token_id },
-        Payload::AccessChanged { user_id } => Event::AccessChanged { user_id },
-    })
+        } => (room_id, seq, false),
+        Payload::Updated {
+            room_id,
+            seq,
+            message: None,
+        } => (room_id, seq, true),
+        complete => return complete.into_event(),
+    };
+    match fetch(db, room_id, seq).await {
+        Ok(Some(message)) if updated => Some(Event::Updated(message)),
+        Ok(Some(message)) => Some(Event::Message(message)),
+        Ok(None) => {
+            tracing::warn!(
+                room_id = room_id.0,
+                seq = seq.0,
+                "announced message not found"
+            );
+            None
+        }
+        // The room's next catch-up or a socket's rejoin recovers it.
+        Err(e) => {
+            tracing::warn!(
+                room_id = room_id.0,
+                seq = seq.0,
+                error = %e,
+                "cannot fetch an announced message"
+            );
+            None
+        }
+    }
 }
 
 async fn fetch(

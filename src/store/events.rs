@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::CacheStatement;
 use crate::db::channel::{ChannelKey, TAG_CHARS};
 use crate::domain::MessageView;
-use crate::events::Event;
+use crate::events::{Event, PresenceChange, ReadReceipt};
 use crate::ids::{RoomId, Seq, TokenId, UserId};
 
 /// The one channel chatpool uses.
@@ -51,25 +51,64 @@ pub enum Payload {
         /// The user's id.
         user_id: UserId,
     },
+    /// An edited or deleted message; `message` is absent when too large to
+    /// inline (then it is read back by `(room_id, seq)`).
+    #[serde(rename = "e")]
+    Updated {
+        /// Room id.
+        room_id: RoomId,
+        /// Seq in the room.
+        seq: Seq,
+        /// Its new state, when it fits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<MessageView>,
+    },
+    /// A read marker that moved forward.
+    #[serde(rename = "rd")]
+    Read {
+        /// Room id.
+        room_id: RoomId,
+        /// Whose marker.
+        user_id: UserId,
+        /// Their login name.
+        username: String,
+        /// The marker now.
+        seq: Seq,
+    },
+    /// A presence change in a room.
+    #[serde(rename = "p")]
+    Presence {
+        /// Room id.
+        room_id: RoomId,
+        /// Who.
+        user_id: UserId,
+        /// Their login name.
+        username: String,
+        /// Online or offline.
+        online: bool,
+        /// The change's nonce ([`PresenceChange::nonce`]).
+        nonce: u64,
+    },
 }
 
 impl Payload {
     /// The payload for a committed message: inline when it fits.
     pub fn message(m: &MessageView) -> Payload {
-        let inline = Payload::Message {
+        Self::inline_or_not(m, |message| Payload::Message {
             room_id: m.room_id,
             seq: m.seq,
-            message: Some(m.clone()),
-        };
+            message,
+        })
+    }
+
+    /// `make(Some(m))` when it fits in [`INLINE_LIMIT`], else `make(None)`.
+    fn inline_or_not(m: &MessageView, make: impl Fn(Option<MessageView>) -> Payload) -> Payload {
+        let inline = make(Some(m.clone()));
         let fits = serde_json::to_string(&inline).is_ok_and(|s| s.len() <= INLINE_LIMIT);
         if fits {
             inline
         } else {
-            Payload::Message {
-                room_id: m.room_id,
-                seq: m.seq,
-                message: None,
-            }
+            make(None)
         }
     }
 
@@ -81,7 +120,67 @@ impl Payload {
                 token_id: *token_id,
             },
             Event::AccessChanged { user_id } => Payload::AccessChanged { user_id: *user_id },
+            Event::Updated(m) => Self::inline_or_not(m, |message| Payload::Updated {
+                room_id: m.room_id,
+                seq: m.seq,
+                message,
+            }),
+            Event::Read(r) => Payload::Read {
+                room_id: r.room_id,
+                user_id: r.user_id,
+                username: r.username.clone(),
+                seq: r.last_read_seq,
+            },
+            Event::Presence(p) => Payload::Presence {
+                room_id: p.room_id,
+                user_id: p.user_id,
+                username: p.username.clone(),
+                online: p.online,
+                nonce: p.nonce,
+            },
         }
+    }
+
+    /// The event of a payload that carries all of it; `None` for a message
+    /// or update too large to inline (it is read back by `(room_id, seq)`).
+    pub fn into_event(self) -> Option<Event> {
+        Some(match self {
+            Payload::Message {
+                message: Some(m), ..
+            } => Event::Message(m),
+            Payload::Updated {
+                message: Some(m), ..
+            } => Event::Updated(m),
+            Payload::Revoked { token_id } => Event::Revoked { token_id },
+            Payload::AccessChanged { user_id } => Event::AccessChanged { user_id },
+            Payload::Read {
+                room_id,
+                user_id,
+                username,
+                seq,
+            } => Event::Read(ReadReceipt {
+                room_id,
+                user_id,
+                username,
+                last_read_seq: seq,
+            }),
+            Payload::Presence {
+                room_id,
+                user_id,
+                username,
+                online,
+                nonce,
+            } => Event::Presence(PresenceChange {
+                room_id,
+                user_id,
+                username,
+                online,
+                nonce,
+            }),
+            Payload::Message { message: None, .. } | Payload::Updated { message: None, .. } => {
+                return None
+            }
+        })
     }
 
     /// Parses a payload; `None` for anything unknown (a newer instance's event).
@@ -240,6 +339,8 @@ mod tests {
             created_at: chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z")
                 .unwrap()
                 .with_timezone(&chrono::Utc),
+            edited_at: None,
+            deleted_at: None,
         }
     }
 

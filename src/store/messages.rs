@@ -33,6 +33,10 @@ struct MessageRow {
     client_id: Option<String>,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 impl From<MessageRow> for MessageView {
@@ -49,6 +53,8 @@ impl From<MessageRow> for MessageView {
             body: r.body,
             client_id: r.client_id,
             created_at: r.created_at,
+            edited_at: r.edited_at,
+            deleted_at: r.deleted_at,
         }
     }
 }
@@ -63,9 +69,12 @@ fn page_bounds(cursor: Cursor) -> (&'static str, &'static str, Seq) {
     }
 }
 
-const MESSAGE_SELECT: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, \
-     u.display_name, m.body, m.client_id, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.author_id";
+/// A message object's columns; a tombstone's NULL body reads as `""`.
+pub(super) const MESSAGE_SELECT: &str = concat!(
+    "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, ",
+    "u.display_name, coalesce(m.body, '') AS body, m.client_id, m.created_at, m.edited_at, ",
+    "m.deleted_at FROM messages m JOIN users u ON u.id = m.author_id"
+);
 
 /// Where a history page starts (SPEC §2 `GET /api/rooms/{id}/messages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +136,10 @@ struct PageRow {
     client_id: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 /// A history page as `user` may read it, in one statement: `None` when the
@@ -143,7 +156,7 @@ pub async fn visible_page(
     let (filter, order, bound) = page_bounds(cursor);
     let rows: Vec<PageRow> = diesel::sql_query(format!(
         "SELECT r.last_seq AS room_last_seq, p.id, p.seq, p.author_id, p.username, \
-                p.display_name, p.body, p.client_id, p.created_at \
+                p.display_name, p.body, p.client_id, p.created_at, p.edited_at, p.deleted_at \
          FROM rooms r LEFT JOIN LATERAL ( \
              {MESSAGE_SELECT} WHERE m.room_id = r.id {filter} ORDER BY m.seq {order} LIMIT $2 \
          ) p ON true \
@@ -176,6 +189,8 @@ pub async fn visible_page(
                 body: r.body?,
                 client_id: r.client_id,
                 created_at: r.created_at?,
+                edited_at: r.edited_at,
+                deleted_at: r.deleted_at,
             })
         })
         .collect();
@@ -223,6 +238,82 @@ pub async fn by_seq(
     .await
     .optional()
     .map(|r| r.map(Into::into))
+}
+
+/// A message about to change, locked until the transaction ends.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct Target {
+    /// Who wrote it.
+    #[diesel(sql_type = BigInt)]
+    pub author_id: UserId,
+    /// Whether it is a tombstone already.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub deleted: bool,
+}
+
+/// Locks the message at `(room_id, seq)` for an edit or delete; `None` when
+/// there is none.
+pub async fn lock(
+    conn: &mut AsyncPgConnection,
+    room_id: RoomId,
+    seq: Seq,
+) -> Result<Option<Target>, Error> {
+    diesel::sql_query(
+        "SELECT author_id, deleted_at IS NOT NULL AS deleted FROM messages \
+         WHERE room_id = $1 AND seq = $2 FOR UPDATE",
+    )
+    .bind::<BigInt, _>(room_id)
+    .bind::<BigInt, _>(seq)
+    .cached()
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// What [`change`] does to a message.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// A new body; `edited_at` becomes now.
+    Edit(&'a str),
+    /// The body is erased (NULL, shown as `""`); `deleted_at` becomes now.
+    Delete,
+}
+
+/// Edits or deletes the message at `(room_id, seq)`.
+pub async fn change(
+    conn: &mut AsyncPgConnection,
+    room_id: RoomId,
+    seq: Seq,
+    change: Change<'_>,
+) -> Result<(), Error> {
+    let changed = match change {
+        Change::Edit(body) => {
+            diesel::sql_query(
+                "UPDATE messages SET body = $3, edited_at = clock_timestamp() \
+             WHERE room_id = $1 AND seq = $2",
+            )
+            .bind::<BigInt, _>(room_id)
+            .bind::<BigInt, _>(seq)
+            .bind::<Nullable<Text>, _>(Some(body))
+            .cached()
+            .execute(conn)
+            .await?
+        }
+        Change::Delete => {
+            diesel::sql_query(
+                "UPDATE messages SET body = $3, deleted_at = clock_timestamp() \
+             WHERE room_id = $1 AND seq = $2",
+            )
+            .bind::<BigInt, _>(room_id)
+            .bind::<BigInt, _>(seq)
+            .bind::<Nullable<Text>, _>(None::<&str>)
+            .cached()
+            .execute(conn)
+            .await?
+        }
+    };
+    debug_assert_eq!(changed, 1, "the message was locked");
+    Ok(())
 }
 
 /// Number of messages.

@@ -4,7 +4,10 @@
 pub mod activity;
 pub mod events;
 pub mod messages;
+pub mod presence;
+pub mod reads;
 pub mod rooms;
+pub mod search;
 pub mod sends;
 pub mod tokens;
 pub mod users;

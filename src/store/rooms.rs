@@ -25,6 +25,8 @@ struct RoomRow {
     member_count: i64,
     #[diesel(sql_type = BigInt)]
     last_seq: Seq,
+    #[diesel(sql_type = BigInt)]
+    last_read_seq: Seq,
 }
 
 impl From<RoomRow> for RoomView {
@@ -36,12 +38,18 @@ impl From<RoomRow> for RoomView {
             created_at: r.created_at,
             member_count: r.member_count,
             last_seq: r.last_seq,
+            last_read_seq: r.last_read_seq,
+            unread: r.last_seq - r.last_read_seq,
         }
     }
 }
 
+/// A room object as the user `$1` sees it: one statement for any number of
+/// rooms (the member count and the caller's marker are index lookups per row).
 const ROOM_SELECT: &str = "SELECT r.id, r.name, r.created_by, r.created_at, r.last_seq, \
-     (SELECT count(*) FROM room_members m WHERE m.room_id = r.id) AS member_count \
+     (SELECT count(*) FROM room_members m WHERE m.room_id = r.id) AS member_count, \
+     coalesce((SELECT k.last_read_seq FROM read_markers k \
+               WHERE k.user_id = $1 AND k.room_id = r.id), 0) AS last_read_seq \
      FROM rooms r";
 
 /// Creates a room with its creator and `member_ids` as members (ids that name
@@ -67,14 +75,19 @@ pub async fn create(
     .bind::<Array<BigInt>, _>(&members)
     .execute(conn)
     .await?;
-    Ok(get(conn, id)
+    Ok(get(conn, id, created_by)
         .await?
         .expect("room inserted in this transaction"))
 }
 
-/// The room, with its member count.
-pub async fn get(conn: &mut AsyncPgConnection, id: RoomId) -> Result<Option<RoomView>, Error> {
-    diesel::sql_query(format!("{ROOM_SELECT} WHERE r.id = $1"))
+/// The room, with its member count and `caller`'s read marker.
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    id: RoomId,
+    caller: UserId,
+) -> Result<Option<RoomView>, Error> {
+    diesel::sql_query(format!("{ROOM_SELECT} WHERE r.id = $2"))
+        .bind::<BigInt, _>(caller)
         .bind::<BigInt, _>(id)
         .cached()
         .get_result::<RoomRow>(conn)
@@ -83,7 +96,7 @@ pub async fn get(conn: &mut AsyncPgConnection, id: RoomId) -> Result<Option<Room
         .map(|r| r.map(Into::into))
 }
 
-/// Rooms `user_id` belongs to, by id.
+/// Rooms `user_id` belongs to, by id, with their read markers.
 pub async fn for_member(
     conn: &mut AsyncPgConnection,
     user_id: UserId,
@@ -97,9 +110,10 @@ pub async fn for_member(
     .map(|rows| rows.into_iter().map(Into::into).collect())
 }
 
-/// Every room, by id (the CRM view).
-pub async fn all(conn: &mut AsyncPgConnection) -> Result<Vec<RoomView>, Error> {
+/// Every room, by id (the CRM view), with `caller`'s read markers.
+pub async fn all(conn: &mut AsyncPgConnection, caller: UserId) -> Result<Vec<RoomView>, Error> {
     diesel::sql_query(format!("{ROOM_SELECT} ORDER BY r.id"))
+        .bind::<BigInt, _>(caller)
         .cached()
         .load::<RoomRow>(conn)
         .await

@@ -8,7 +8,8 @@
 //! that one's message is the answer)? The rest are counted per room, each
 //! room's `last_seq` is raised once by its count (rooms locked in id order,
 //! so batches on several instances cannot deadlock), and the messages are
-//! inserted with consecutive seqs in input order. A refused send never fails
+//! inserted with consecutive seqs in input order, and each author's read
+//! marker in each room moves to their last message there. A refused send never fails
 //! the others; a statement error (a `client_id` racing on another instance,
 //! the time limit) fails the batch, which the caller retries or reports.
 
@@ -60,6 +61,10 @@ pub struct StoredSend {
     pub body: String,
     /// Commit time.
     pub created_at: DateTime<Utc>,
+    /// When an original was edited.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// When an original was deleted (its body is `""` then).
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(QueryableByName)]
@@ -78,6 +83,10 @@ struct Row {
     body: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 /// The batch statement, with the visibility rule of
@@ -129,6 +138,13 @@ WITH input AS (
     SELECT room_id, seq, author_id, client_id, body, clock_timestamp()
     FROM numbered ORDER BY room_id, seq
     RETURNING id, room_id, seq, created_at
+), marked AS (
+    -- Sending moves the sender's read marker to their message: part of the
+    -- same statement, so it costs no round trip.
+    INSERT INTO read_markers (user_id, room_id, last_read_seq)
+    SELECT author_id, room_id, max(seq) FROM numbered GROUP BY author_id, room_id
+    ON CONFLICT (user_id, room_id) DO UPDATE SET last_read_seq = excluded.last_read_seq
+    WHERE read_markers.last_read_seq < excluded.last_read_seq
 ), stored AS (
     SELECT n.ord, n.body, s.id, s.room_id, s.seq, s.created_at
     FROM numbered n JOIN inserted s ON s.room_id = n.room_id AND s.seq = n.seq
@@ -140,8 +156,9 @@ SELECT c.ord,
     coalesce(e.id, mine.id, first.id) AS id,
     coalesce(e.room_id, mine.room_id, first.room_id) AS room_id,
     coalesce(e.seq, mine.seq, first.seq) AS seq,
-    coalesce(e.body, mine.body, first.body) AS body,
-    coalesce(e.created_at, mine.created_at, first.created_at) AS created_at
+    CASE WHEN e.id IS NOT NULL THEN coalesce(e.body, '') ELSE coalesce(mine.body, first.body) END AS body,
+    coalesce(e.created_at, mine.created_at, first.created_at) AS created_at,
+    e.edited_at, e.deleted_at
 FROM checked c
 LEFT JOIN messages e ON e.id = c.existing_id
 LEFT JOIN stored mine ON mine.ord = c.ord
@@ -200,6 +217,8 @@ fn outcome(row: Row) -> Result<SendOutcome, Error> {
         seq,
         body,
         created_at,
+        edited_at: row.edited_at,
+        deleted_at: row.deleted_at,
     };
     Ok(if row.status == "created" {
         SendOutcome::Created(stored)

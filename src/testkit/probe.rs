@@ -40,6 +40,12 @@ struct Flag {
     value: bool,
 }
 
+/// The statement of `GET /api/search` (parameters: query, caller, the roles
+/// that see every room, limit, and with `in_room` the room), for `EXPLAIN`.
+pub fn search_sql(in_room: bool) -> &'static str {
+    crate::store::search::search_sql(in_room)
+}
+
 /// The OpenAPI document the handlers generate, as JSON: what
 /// `/api/openapi.json` must serve.
 pub fn openapi_document() -> serde_json::Value {
@@ -55,7 +61,9 @@ impl TestApp {
 
     /// What the listener would deliver of the notification `body` if its
     /// sender could not be looked up (it had disconnected): each event as
-    /// `message <seq> <body>`, `revoked <token id>` or `access <user id>`.
+    /// `message <seq> <body>`, `revoked <token id>`, `access <user id>`,
+    /// `updated <seq> <body>`, `read <user id> <seq>` or
+    /// `presence <user id> <online>`.
     pub async fn events_from_an_unknown_sender(&self, body: &str) -> Vec<String> {
         let items = crate::store::events::unpack(body).expect("a notification body");
         crate::listener::verified(self.state.db(), items)
@@ -65,6 +73,13 @@ impl TestApp {
                 crate::events::Event::Message(m) => format!("message {} {}", m.seq.0, m.body),
                 crate::events::Event::Revoked { token_id } => format!("revoked {}", token_id.0),
                 crate::events::Event::AccessChanged { user_id } => format!("access {}", user_id.0),
+                crate::events::Event::Updated(m) => format!("updated {} {}", m.seq.0, m.body),
+                crate::events::Event::Read(r) => {
+                    format!("read {} {}", r.user_id.0, r.last_read_seq.0)
+                }
+                crate::events::Event::Presence(p) => {
+                    format!("presence {} {}", p.user_id.0, p.online)
+                }
             })
             .collect()
     }
@@ -135,6 +150,11 @@ impl TestApp {
             })
             .await
             .expect("table lookup")
+    }
+
+    /// Reverts the latest `n` migrations; returns their names.
+    pub async fn revert_latest_migrations(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        migrations::revert_latest(self.state.db(), n).await
     }
 
     /// Applies the pending migrations as start-up does; returns their names.

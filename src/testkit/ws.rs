@@ -46,6 +46,10 @@ pub struct WsClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The `hello` frame (the user, the heartbeat interval).
     pub hello: Value,
+    /// Whether `presence` frames are returned. Off by default: they arrive
+    /// whenever anyone joins or leaves a room (SPEC §5), and only the tests
+    /// of presence want them ([`WsClient::watch_presence`]).
+    pub presence: bool,
 }
 
 /// `ws://ADDR/ws?token=…`, for handshakes a test builds itself.
@@ -63,6 +67,7 @@ pub async fn try_connect_request(
             let mut client = WsClient {
                 ws,
                 hello: Value::Null,
+                presence: false,
             };
             client.hello = client.recv_json().await;
             assert_eq!(
@@ -101,6 +106,7 @@ pub async fn open(addr: SocketAddr, token: &str) -> Result<WsClient, String> {
                 let mut client = WsClient {
                     ws,
                     hello: Value::Null,
+                    presence: false,
                 };
                 client.hello = client.try_recv_json().await?;
                 if client.hello["type"] != "hello" {
@@ -164,6 +170,11 @@ pub async fn connect_bearer(app: &TestApp, token: &str) -> WsClient {
 }
 
 impl WsClient {
+    /// Returns `presence` frames from now on.
+    pub fn watch_presence(&mut self) {
+        self.presence = true;
+    }
+
     /// Sends a JSON frame.
     pub async fn send_json(&mut self, value: Value) {
         self.ws
@@ -205,7 +216,12 @@ impl WsClient {
                 .await
                 .map_err(|_| format!("no frame within {FRAME_WAIT:?}"))?;
             match frame {
-                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Text(text))) => {
+                    if !self.presence && text.as_str().starts_with(r#"{"type":"presence""#) {
+                        continue;
+                    }
+                    return Ok(text);
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => return Err(format!("expected a text frame, got {other:?}")),
             }
@@ -254,7 +270,10 @@ impl WsClient {
                     return before;
                 }
                 Some(Ok(Message::Text(text))) => {
-                    before.push(serde_json::from_str(&text).expect("JSON"))
+                    let frame: Value = serde_json::from_str(&text).expect("JSON");
+                    if self.presence || frame["type"] != "presence" {
+                        before.push(frame);
+                    }
                 }
                 Some(Ok(_)) => {}
                 other => panic!("expected Close {code}, got {other:?}"),

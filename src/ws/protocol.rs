@@ -6,6 +6,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::{ClientId, MessageBody, MessageView, UserView};
 use crate::error::ApiError;
+use crate::events::{PresenceChange, ReadReceipt};
 use crate::hub::Typing;
 use crate::ids::{RoomId, Seq, UserId};
 
@@ -30,6 +31,10 @@ enum ClientFrame {
     },
     Typing {
         room_id: RoomId,
+    },
+    Read {
+        room_id: RoomId,
+        seq: Seq,
     },
     Ping,
 }
@@ -62,6 +67,13 @@ pub enum Command {
     Typing {
         /// The room.
         room_id: RoomId,
+    },
+    /// Move this user's read marker (SPEC §5).
+    Read {
+        /// The room.
+        room_id: RoomId,
+        /// The seq read up to (at least 0).
+        seq: Seq,
     },
     /// Application-level keepalive.
     Ping,
@@ -156,6 +168,12 @@ fn validate(frame: ClientFrame) -> Result<Command, ApiError> {
             client_id: ClientId::parse(&client_id)?,
         },
         ClientFrame::Typing { room_id } => Command::Typing { room_id },
+        ClientFrame::Read { room_id, seq } => {
+            if seq.0 < 0 {
+                return Err(ApiError::BadRequest("seq must not be negative".into()));
+            }
+            Command::Read { room_id, seq }
+        }
         ClientFrame::Ping => Command::Ping,
     })
 }
@@ -223,6 +241,33 @@ pub enum ServerFrame<'a> {
         /// Who.
         user: TypingUser<'a>,
     },
+    /// A read marker moved (a receipt), or the reply to `read`.
+    Read {
+        /// The room.
+        room_id: RoomId,
+        /// Whose marker.
+        user: TypingUser<'a>,
+        /// The marker now.
+        last_read_seq: Seq,
+        /// The `read`'s `ref`, in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A message of a joined room was edited or deleted.
+    #[serde(rename = "message_updated")]
+    MessageUpdated {
+        /// Its new state.
+        message: &'a MessageView,
+    },
+    /// A user came online in a joined room or went offline.
+    Presence {
+        /// The room.
+        room_id: RoomId,
+        /// Who.
+        user: TypingUser<'a>,
+        /// `online` or `offline`.
+        status: &'static str,
+    },
     /// Reply to `ping`.
     Pong {
         /// The ping's `ref`.
@@ -286,6 +331,38 @@ pub fn typing_frame(typing: &Typing) -> Utf8Bytes {
     .encode()
 }
 
+/// The `read` frame of a receipt (`reference`: the reply's `ref`).
+pub fn read_frame(read: &ReadReceipt, reference: Option<&str>) -> Utf8Bytes {
+    ServerFrame::Read {
+        room_id: read.room_id,
+        user: TypingUser {
+            id: read.user_id,
+            username: &read.username,
+        },
+        last_read_seq: read.last_read_seq,
+        reference,
+    }
+    .encode()
+}
+
+/// The `message_updated` frame of an edited or deleted message.
+pub fn updated_frame(message: &MessageView) -> Utf8Bytes {
+    ServerFrame::MessageUpdated { message }.encode()
+}
+
+/// The `presence` frame of a change.
+pub fn presence_frame(change: &PresenceChange) -> Utf8Bytes {
+    ServerFrame::Presence {
+        room_id: change.room_id,
+        user: TypingUser {
+            id: change.user_id,
+            username: &change.username,
+        },
+        status: if change.online { "online" } else { "offline" },
+    }
+    .encode()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +395,7 @@ mod tests {
                 Just("join".to_owned()),
                 Just("leave".to_owned()),
                 Just("typing".to_owned()),
+                Just("read".to_owned()),
                 Just("ping".to_owned()),
                 any::<String>(),
             ],
@@ -327,6 +405,7 @@ mod tests {
                     Just("body".to_owned()),
                     Just("client_id".to_owned()),
                     Just("after_seq".to_owned()),
+                    Just("seq".to_owned()),
                     Just("ref".to_owned()),
                     "[a-z]{1,8}",
                 ],
@@ -472,5 +551,50 @@ mod tests {
         }
         .encode();
         assert_eq!(pong.as_str(), r#"{"type":"pong","ref":"x"}"#);
+    }
+
+    #[test]
+    fn conversation_frames_have_the_spec_shapes() {
+        let read = ReadReceipt {
+            room_id: RoomId(3),
+            user_id: UserId(1),
+            username: "ann".into(),
+            last_read_seq: Seq(7),
+        };
+        assert_eq!(
+            read_frame(&read, Some("r1")).as_str(),
+            r#"{"type":"read","room_id":3,"user":{"id":1,"username":"ann"},"last_read_seq":7,"ref":"r1"}"#
+        );
+        let change = PresenceChange {
+            room_id: RoomId(3),
+            user_id: UserId(1),
+            username: "ann".into(),
+            online: false,
+            nonce: 5,
+        };
+        assert_eq!(
+            presence_frame(&change).as_str(),
+            r#"{"type":"presence","room_id":3,"user":{"id":1,"username":"ann"},"status":"offline"}"#
+        );
+        let m = MessageView::sample(3, 2, "hi");
+        let updated: serde_json::Value = serde_json::from_str(updated_frame(&m).as_str()).unwrap();
+        assert_eq!(updated["type"], "message_updated");
+        assert_eq!(updated["message"]["edited_at"], serde_json::Value::Null);
+        assert_eq!(updated["message"]["deleted_at"], serde_json::Value::Null);
+        assert!(matches!(
+            parse(r#"{"type":"read","room_id":3,"seq":4}"#).command,
+            Ok(Command::Read {
+                room_id: RoomId(3),
+                seq: Seq(4)
+            })
+        ));
+        assert_eq!(
+            code(&parse(r#"{"type":"read","room_id":3,"seq":-1}"#)),
+            "bad_request"
+        );
+        assert_eq!(
+            code(&parse(r#"{"type":"read","room_id":3}"#)),
+            "bad_request"
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod authz;
 mod compose;
 mod contract;
+mod conversation;
 mod foundation;
 mod group_commit;
 mod hostile;
@@ -15,6 +16,7 @@ mod instances;
 mod limits;
 mod operations;
 mod pgbouncer;
+mod presence;
 mod seeds;
 mod shutdown;
 mod tls;

@@ -136,6 +136,7 @@ async fn ws_a_socket_that_never_reads_is_closed_with_1013_and_memory_stays_bound
         let mut slow = WsClient {
             ws,
             hello: serde_json::Value::Null,
+            presence: false,
         };
         assert_eq!(slow.recv_json().await["type"], "hello");
         slow.join(room, None).await;

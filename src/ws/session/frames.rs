@@ -21,8 +21,9 @@ use crate::chat::Sent;
 use crate::db::DbError;
 use crate::domain::UserView;
 use crate::error::ApiError;
-use crate::hub::{Delivery, Registration};
-use crate::ids::RoomId;
+use crate::events::ReadReceipt;
+use crate::hub::{Delivery, Registration, Shared};
+use crate::ids::{RoomId, Seq};
 use crate::limits::MAX_ROOMS_PER_SOCKET;
 use crate::ws::close::Close;
 use crate::ws::cursor::{RoomCursor, GAP_WAIT};
@@ -44,6 +45,10 @@ pub(super) struct Conversation {
     typing: Bucket,
     /// When the next access re-check is due (set by the hub's signal).
     recheck_at: Option<Instant>,
+    /// A `read` of this session in flight: its room, and the user's own
+    /// receipts for that room that arrived meanwhile (held so the reply
+    /// comes first and the socket gets the receipt once, as its reply).
+    reading: Option<(RoomId, Vec<Arc<Shared<ReadReceipt>>>)>,
     /// Frames decided but not yet written.
     out: Vec<Utf8Bytes>,
 }
@@ -57,6 +62,7 @@ impl Conversation {
             epoch: 0,
             typing: Bucket::new(now),
             recheck_at: None,
+            reading: None,
             out: Vec::new(),
         }
     }
@@ -121,6 +127,14 @@ impl Conversation {
                 });
             }
             Command::Typing { room_id } => self.on_typing(reference.as_deref(), room_id, now),
+            Command::Read { room_id, seq } => {
+                self.reading = Some((room_id, Vec::new()));
+                return Some(Job::Read {
+                    reference,
+                    room_id,
+                    seq,
+                });
+            }
             Command::Join { room_id, after_seq } => {
                 if !self.rooms.contains_key(&room_id) && self.rooms.len() >= MAX_ROOMS_PER_SOCKET {
                     let error = ApiError::LimitReached(format!(
@@ -190,7 +204,64 @@ impl Conversation {
                     self.out.push(shared.encoded(protocol::typing_frame));
                 }
             }
+            Delivery::Updated(shared) => {
+                if self.is_live(shared.value().room_id) {
+                    self.out.push(shared.encoded(protocol::updated_frame));
+                }
+            }
+            Delivery::Read(shared) => {
+                let read = shared.value();
+                match &mut self.reading {
+                    Some((room, held)) if *room == read.room_id && read.user_id == self.user.id => {
+                        held.push(shared);
+                    }
+                    _ => self
+                        .out
+                        .push(shared.encoded(|r| protocol::read_frame(r, None))),
+                }
+            }
+            Delivery::Presence(shared) => {
+                self.out.push(shared.encoded(protocol::presence_frame));
+            }
         }
+    }
+
+    /// The reply to this session's `read`, then the user's own receipts for
+    /// that room that arrived meanwhile and went further.
+    fn on_read(
+        &mut self,
+        reference: Option<&str>,
+        room_id: RoomId,
+        result: Result<Seq, ApiError>,
+    ) -> Result<(), Close> {
+        let held = self
+            .reading
+            .take()
+            .map(|(_, held)| held)
+            .unwrap_or_default();
+        let replied = match result {
+            Ok(seq) => {
+                let reply = ReadReceipt {
+                    room_id,
+                    user_id: self.user.id,
+                    username: self.user.username.clone(),
+                    last_read_seq: seq,
+                };
+                self.out.push(protocol::read_frame(&reply, reference));
+                seq
+            }
+            Err(e) => {
+                self.report(&e, reference, None)?;
+                Seq(-1)
+            }
+        };
+        for shared in held {
+            if shared.value().last_read_seq > replied {
+                self.out
+                    .push(shared.encoded(|r| protocol::read_frame(r, None)));
+            }
+        }
+        Ok(())
     }
 
     /// A job's answer. `Err` closes the session (an internal failure).
@@ -208,6 +279,11 @@ impl Conversation {
                 client_id,
                 result,
             } => self.on_sent(reference.as_deref(), room_id, &client_id, result),
+            Finished::Read {
+                reference,
+                room_id,
+                result,
+            } => self.on_read(reference.as_deref(), room_id, result),
             Finished::Crashed(e) => {
                 tracing::error!(error = %e, "session task failed");
                 Err(Close::Internal)

@@ -1,5 +1,5 @@
 //! A session's background database work: the join's replay read, the send
-//! of a `send` frame, the gap fill and the access re-check.
+//! of a `send` frame, a `read`'s marker, the gap fill and the access re-check.
 //!
 //! Each runs in its own task on the shutdown tracker, so a connection is
 //! never held while a socket is written and a slow socket never stalls a
@@ -18,6 +18,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::auth::AuthUser;
 use crate::chat::{self, Sent};
+use crate::conversation::reads;
 use crate::domain::{ClientId, MessageBody, MessageView};
 use crate::error::ApiError;
 use crate::ids::{RoomId, Seq, UserId};
@@ -43,6 +44,12 @@ pub(super) enum Job {
         room_id: RoomId,
         body: MessageBody,
         client_id: ClientId,
+    },
+    /// A `read`: move the user's marker.
+    Read {
+        reference: Option<String>,
+        room_id: RoomId,
+        seq: Seq,
     },
     /// Read the missing seqs of these rooms' holes.
     Fill(Vec<Hole>),
@@ -93,6 +100,12 @@ pub(super) enum Finished {
         room_id: RoomId,
         client_id: String,
         result: Result<Sent, ApiError>,
+    },
+    /// A `read`'s outcome: the marker now.
+    Read {
+        reference: Option<String>,
+        room_id: RoomId,
+        result: Result<Seq, ApiError>,
     },
     /// A client frame's task failed (it panicked): the session closes as internal.
     Crashed(JoinError),
@@ -192,6 +205,23 @@ impl Jobs {
                         room_id,
                         client_id: key,
                         result,
+                    }
+                }));
+            }
+            Job::Read {
+                reference,
+                room_id,
+                seq,
+            } => {
+                debug_assert!(self.frame.is_none());
+                let user = self.user.clone();
+                self.frame = Some(tracker.spawn(async move {
+                    let result =
+                        reads::mark_read(state.db(), state.hub(), &user, room_id, seq).await;
+                    Finished::Read {
+                        reference,
+                        room_id,
+                        result: result.map(|m| m.last_read_seq),
                     }
                 }));
             }
