@@ -9,7 +9,8 @@
 //! Layout, edge to core (an arrow is "uses"; nothing points back up):
 //!
 //! - Edges: `cli` (the command line) → `manage` (operator commands);
-//!   `http` (the HTTP API, ops endpoints, `/metrics`; `http::openapi`: the
+//!   `http` (the HTTP API, ops endpoints, `/metrics`; `http::conversation`
+//!   and `http::search`: SPEC §5; `http::openapi`: the
 //!   router and its OpenAPI document from one list; `http::cors`) and `ws` (upgrade,
 //!   `ws::session`: the socket loop, `frames` (the pure per-frame rules) and
 //!   `jobs` (join replay, gap fill, access re-check), `protocol`, `close`,
@@ -21,11 +22,16 @@
 //!   command line is built from; `config::database_url`: Prisma and libpq
 //!   URLs).
 //! - The send path and fan-out: `chat` (one send path; `chat::batch`: the
-//!   group commit), `announce` (commit, then announce: `NOTIFY` inside the
-//!   transaction, local publish after it), `hub` (fan-out of committed
-//!   events to sockets; knows events, not frames), `listener` (the one
-//!   `LISTEN` connection feeding the hub every instance's commits;
-//!   `listener::senders`: who may announce), `events`.
+//!   group commit), `conversation` (after the send, SPEC §5: `reads`, the
+//!   read markers; `edits`, edits and deletes), `announce` (commit, then
+//!   announce: `NOTIFY` inside the transaction, local publish after it),
+//!   `hub` (fan-out of committed events to sockets; knows events, not
+//!   frames; `hub::presence`: who has a socket in which room here;
+//!   `hub::recent`: the listener's copies of this instance's events told
+//!   apart), `presence` (the task that stores this instance's share of
+//!   presence, batched, under a lease, and announces who comes and goes),
+//!   `listener` (the one `LISTEN` connection feeding the hub every
+//!   instance's commits; `listener::senders`: who may announce), `events`.
 //! - Who is calling: `auth` (bearer tokens), `tokens` (the token cache),
 //!   `expiry` (expired tokens deleted and announced as revoked), `passwords`
 //!   (Argon2id off the async workers), `ratelimit` (login failures),
@@ -34,7 +40,8 @@
 //!   ways in, with the wait limit, the time limit and the error codes;
 //!   `db::migrations`; `db::channel`: the key that signs notifications;
 //!   `db::tls`: rustls with libpq's `sslmode` meanings),
-//!   `store` (every query, one module per table group), `schema`, `domain`
+//!   `store` (every query, one module per table group: `search` is the
+//!   full-text search, `presence` the leases), `schema`, `domain`
 //!   (values parsed at the edge, the SPEC's objects), `ids` (id newtypes).
 //! - `embedded`: the private PostgreSQL cluster used without `DATABASE_URL`
 //!   (discovery, runner, data directory, init, adopt, server, log tail).

@@ -16,7 +16,7 @@ diesel::table! {
         seq -> Int8,
         author_id -> Int8,
         client_id -> Nullable<Text>,
-        body -> Nullable<Text>,
+        body -> Text,
         created_at -> Timestamptz,
         edited_at -> Nullable<Timestamptz>,
         deleted_at -> Nullable<Timestamptz>,

@@ -22,6 +22,10 @@
 //! - `fanout`: one room with `BENCH_FANOUT_SOCKETS` (1000) joined sockets,
 //!   one sender at `BENCH_FANOUT_RATE` (100) messages/s for
 //!   `BENCH_FANOUT_SECS` (10) s: commit → delivery latency, deliveries/s.
+//! - `search`: `GET /api/search` on a room of `BENCH_SEARCH_MESSAGES`
+//!   (100000) messages, `BENCH_SEARCHERS` (20) × `BENCH_SEARCHES` (100) per
+//!   query kind, the generic plans, and the trigram alternative measured on
+//!   the same rows.
 //!
 //! `send` also runs pgbench with the one-message send transaction on the same
 //! database (`BENCH_PGBENCH_SECS`, 10) for the ceiling; PostgreSQL runs with
@@ -48,6 +52,7 @@ mod fanout;
 mod history;
 mod idle;
 mod measure;
+mod search;
 mod send;
 
 use std::fmt::Write as _;
@@ -101,7 +106,14 @@ fn main() {
         smoke_sizes();
     }
     let picked: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
-    let all = ["send", "send-pressure", "idle", "history", "fanout"];
+    let all = [
+        "send",
+        "send-pressure",
+        "idle",
+        "history",
+        "fanout",
+        "search",
+    ];
     for p in &picked {
         assert!(
             all.contains(&p.as_str()),
@@ -139,6 +151,9 @@ fn smoke_sizes() {
         ("BENCH_FANOUT_RATE", "20"),
         ("BENCH_FANOUT_SECS", "1"),
         ("BENCH_PGBENCH_SECS", "1"),
+        ("BENCH_SEARCH_MESSAGES", "2000"),
+        ("BENCH_SEARCHERS", "2"),
+        ("BENCH_SEARCHES", "3"),
     ] {
         if std::env::var_os(name).is_none() {
             // Single-threaded still: nothing else reads the environment yet.
@@ -225,6 +240,7 @@ async fn run_all(scenarios: &[&str]) -> String {
             "idle" => idle::scenario_idle(&bench).await,
             "history" => history::scenario_history(&bench).await,
             "fanout" => fanout::scenario_fanout(&bench).await,
+            "search" => search::scenario_search(&bench).await,
             _ => unreachable!(),
         };
         let _ = writeln!(

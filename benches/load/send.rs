@@ -147,6 +147,14 @@ pub async fn scenario_send(bench: &Bench<'_>, p: &SendParams, connection_limit: 
         let ids: Vec<i64> = group.iter().map(|&i| users[i].id).collect();
         rooms.push(seed_room(&server, ids[0], &ids[1..]).await);
     }
+    // An A/B knob: the send path without the search index's upkeep.
+    if std::env::var_os("BENCH_SEND_NO_SEARCH_INDEX").is_some() {
+        chatpool::testkit::pg::sql_client(&server.db.url, crate::BENCH_APP)
+            .await
+            .batch_execute("DROP INDEX messages_search_idx")
+            .await
+            .expect("drop the search index");
+    }
     let wait_sum0 = server.metric("chatpool_db_pool_wait_seconds_sum").await;
     let wait_cnt0 = server.metric("chatpool_db_pool_wait_seconds_count").await;
     let busy0 = server.metric("chatpool_db_pool_timeouts_total").await;

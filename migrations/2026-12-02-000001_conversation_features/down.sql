@@ -3,10 +3,10 @@ DROP TEXT SEARCH CONFIGURATION chatpool_search;
 DROP TABLE presence;
 DROP TABLE presence_leases;
 DROP TABLE read_markers;
-ALTER TABLE messages DROP CONSTRAINT messages_tombstone_check;
 -- The old schema has no tombstones: a deleted message keeps a placeholder.
-UPDATE messages SET body = '(deleted)' WHERE body IS NULL;
+UPDATE messages SET body = '(deleted)' WHERE deleted_at IS NOT NULL;
 ALTER TABLE messages
-    ALTER COLUMN body SET NOT NULL,
+    DROP CONSTRAINT messages_body_check,
+    ADD CONSTRAINT messages_body_check CHECK (char_length(body) BETWEEN 1 AND 4000),
     DROP COLUMN deleted_at,
     DROP COLUMN edited_at;

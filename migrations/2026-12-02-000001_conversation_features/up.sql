@@ -4,16 +4,19 @@
 -- search index is built CONCURRENTLY by the next migration).
 
 -- Edits and deletes. A deleted message keeps its row (id, seq, author, time)
--- but its text is gone: `body` becomes NULL, which the API shows as "".
--- Adding nullable columns and dropping NOT NULL touch only the catalog.
+-- but its text is gone: `body` becomes ''. Adding nullable columns touches
+-- only the catalog; the body rule is replaced by one that allows exactly
+-- that, NOT VALID so it is enforced on every write from now on without
+-- scanning the existing rows (none of which is deleted). An instance of the
+-- previous version reads a tombstone as an empty message.
 ALTER TABLE messages
     ADD COLUMN edited_at  TIMESTAMPTZ,
     ADD COLUMN deleted_at TIMESTAMPTZ,
-    ALTER COLUMN body DROP NOT NULL;
--- A body exactly when not deleted. NOT VALID: enforced on every write from
--- now on without scanning the existing rows (none of which is deleted).
-ALTER TABLE messages ADD CONSTRAINT messages_tombstone_check
-    CHECK ((body IS NULL) = (deleted_at IS NOT NULL)) NOT VALID;
+    DROP CONSTRAINT messages_body_check,
+    ADD CONSTRAINT messages_body_check CHECK (
+        CASE WHEN deleted_at IS NULL THEN char_length(body) BETWEEN 1 AND 4000
+             ELSE body = '' END
+    ) NOT VALID;
 
 -- Read markers: per user and room, the highest seq read. A separate table,
 -- not a column of room_members, because agents and admins read rooms they do

@@ -3,8 +3,8 @@
 //!
 //! Errors come in the SPEC's order: a room the caller may not see or a seq
 //! that does not exist is 404; not the author (for a delete: nor an agent or
-//! admin) is 403; editing a deleted message is 409. A delete removes the
-//! text from the table (the row stays as a tombstone, so seqs stay gapless);
+//! admin) is 403; editing a deleted message is 409. A delete erases the
+//! text in the table (the row stays as a tombstone, so seqs stay gapless);
 //! deleting again is a no-op. Every change is announced as
 //! `message_updated` to the room's sockets on every instance.
 

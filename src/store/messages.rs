@@ -69,12 +69,9 @@ fn page_bounds(cursor: Cursor) -> (&'static str, &'static str, Seq) {
     }
 }
 
-/// A message object's columns; a tombstone's NULL body reads as `""`.
-pub(super) const MESSAGE_SELECT: &str = concat!(
-    "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, ",
-    "u.display_name, coalesce(m.body, '') AS body, m.client_id, m.created_at, m.edited_at, ",
-    "m.deleted_at FROM messages m JOIN users u ON u.id = m.author_id"
-);
+const MESSAGE_SELECT: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, \
+     u.display_name, m.body, m.client_id, m.created_at, m.edited_at, m.deleted_at \
+     FROM messages m JOIN users u ON u.id = m.author_id";
 
 /// Where a history page starts (SPEC §2 `GET /api/rooms/{id}/messages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +272,7 @@ pub async fn lock(
 pub enum Change<'a> {
     /// A new body; `edited_at` becomes now.
     Edit(&'a str),
-    /// The body is erased (NULL, shown as `""`); `deleted_at` becomes now.
+    /// The body is erased (`""`); `deleted_at` becomes now.
     Delete,
 }
 
@@ -294,7 +291,7 @@ pub async fn change(
             )
             .bind::<BigInt, _>(room_id)
             .bind::<BigInt, _>(seq)
-            .bind::<Nullable<Text>, _>(Some(body))
+            .bind::<Text, _>(body)
             .cached()
             .execute(conn)
             .await?
@@ -306,7 +303,7 @@ pub async fn change(
             )
             .bind::<BigInt, _>(room_id)
             .bind::<BigInt, _>(seq)
-            .bind::<Nullable<Text>, _>(None::<&str>)
+            .bind::<Text, _>("")
             .cached()
             .execute(conn)
             .await?

@@ -5,7 +5,7 @@
 //! same for any language, and `messages_search_idx`, a GIN index on
 //! `to_tsvector('chatpool_search', body)`, serves the match. Permissions are
 //! part of the statement: a row is kept only if the caller may read its
-//! room. Deleted messages have a NULL body, so no index entry and no match.
+//! room. Deleted messages have an empty body, so no words and no match.
 
 use chrono::{DateTime, Utc};
 use diesel::result::Error;

@@ -156,7 +156,7 @@ SELECT c.ord,
     coalesce(e.id, mine.id, first.id) AS id,
     coalesce(e.room_id, mine.room_id, first.room_id) AS room_id,
     coalesce(e.seq, mine.seq, first.seq) AS seq,
-    CASE WHEN e.id IS NOT NULL THEN coalesce(e.body, '') ELSE coalesce(mine.body, first.body) END AS body,
+    coalesce(e.body, mine.body, first.body) AS body,
     coalesce(e.created_at, mine.created_at, first.created_at) AS created_at,
     e.edited_at, e.deleted_at
 FROM checked c

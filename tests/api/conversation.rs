@@ -353,7 +353,7 @@ async fn a_delete_leaves_a_tombstone_erases_the_text_and_repeats_as_204() {
         let client = sql_client(&app.db.url, "chatpool-tests").await;
         let leftover: i64 = client
             .query_one(
-                "SELECT count(*) FROM messages WHERE body LIKE '%hunter2%' OR (deleted_at IS NOT NULL AND body IS NOT NULL)",
+                "SELECT count(*) FROM messages WHERE body LIKE '%hunter2%' OR (deleted_at IS NOT NULL AND body <> '')",
                 &[],
             )
             .await
