@@ -199,14 +199,16 @@ impl Hub {
     /// Delivers an edited or deleted message's new state to every socket
     /// joined to its room.
     pub fn publish_update(&self, message: &MessageView) {
-        // At the wire's precision (milliseconds): the listener's copy of an
-        // inline update has only that.
+        // Times at the wire's precision (milliseconds: the listener's copy
+        // of an inline update has only that), and the body, so two edits in
+        // one millisecond are two updates.
         let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
         let key = (
             "updated",
             message.id,
             millis(message.edited_at),
             millis(message.deleted_at),
+            &message.body,
         );
         if self.first_time(key) {
             let shared = Shared::new(message.clone());

@@ -110,12 +110,16 @@ impl Task {
             let fresh = commit_and_announce(&self.db, &self.hub, move |conn, outbox| {
                 async move {
                     store::presence::lock(conn).await?;
+                    // Expired shares first, so this batch's own changes are
+                    // judged without them (and nobody goes offline twice).
+                    let mut transitions = if renew {
+                        store::presence::sweep(conn).await?
+                    } else {
+                        Vec::new()
+                    };
                     let flushed =
                         store::presence::flush(conn, instance, lease_ms, &add, &remove).await?;
-                    let mut transitions = flushed.transitions;
-                    if renew {
-                        transitions.extend(store::presence::sweep(conn).await?);
-                    }
+                    transitions.extend(flushed.transitions);
                     announce(outbox, transitions);
                     Ok::<_, DbError>(flushed.fresh_lease)
                 }

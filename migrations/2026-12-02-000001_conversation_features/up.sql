@@ -56,8 +56,21 @@ CREATE INDEX presence_user_id_idx ON presence (user_id);
 -- `unaccent` first folds accents, so "reunión" and "reunion" are one word
 -- (only words with non-ASCII letters go through it: ASCII ones have none).
 -- unaccent is a trusted extension: the database owner may create it.
+-- The extension may already live in another schema (`public`, or another
+-- chatpool schema of the same database): its dictionary is named with the
+-- schema it is in.
 CREATE EXTENSION IF NOT EXISTS unaccent;
-CREATE TEXT SEARCH CONFIGURATION chatpool_search (COPY = simple);
-ALTER TEXT SEARCH CONFIGURATION chatpool_search
-    ALTER MAPPING FOR word, hword, hword_part
-    WITH unaccent, simple;
+DO $$
+DECLARE
+    home text;
+BEGIN
+    SELECT n.nspname INTO home
+    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'unaccent';
+    CREATE TEXT SEARCH CONFIGURATION chatpool_search (COPY = pg_catalog.simple);
+    EXECUTE format(
+        'ALTER TEXT SEARCH CONFIGURATION chatpool_search '
+        'ALTER MAPPING FOR word, hword, hword_part WITH %I.unaccent, pg_catalog.simple',
+        home);
+END
+$$;

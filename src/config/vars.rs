@@ -116,7 +116,7 @@ pub const VARS: &[Var] = &[
         "CHATPOOL_PRESENCE_LEASE_MS",
         "presence-lease-ms",
         "30000",
-        "an instance's presence outlives its last renewal this long (renewed every third; 1000-45000)",
+        "an instance's presence outlives its last renewal this long (renewed every third; 1000-40000)",
     ),
     var(
         "CHATPOOL_SEND_RATE",

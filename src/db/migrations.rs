@@ -1,7 +1,7 @@
 //! Embedded schema migrations, applied under an advisory lock.
 //!
-//! Several instances may start at once against one database; the
-//! `pg_advisory_lock` makes them take turns, and the second finds nothing to do.
+//! Several instances may start at once against one database; an advisory
+//! lock makes them take turns, and the second finds nothing to do.
 
 use diesel::pg::Pg;
 use diesel::sql_types::BigInt;
@@ -15,6 +15,15 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Advisory-lock key that serialises migrations across instances ("chatpool").
 const LOCK_KEY: i64 = 0x0063_6861_7470_6f6f;
+
+/// Pause between attempts at the migration lock while another instance holds it.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
 
 /// Applies pending migrations and returns the versions applied (empty when up to date).
 ///
@@ -76,10 +85,19 @@ where
     diesel::sql_query("SET statement_timeout = 0")
         .execute(&mut conn)
         .await?;
-    diesel::sql_query("SELECT pg_advisory_lock($1)")
-        .bind::<BigInt, _>(LOCK_KEY)
-        .execute(&mut conn)
-        .await?;
+    // Polled, not waited for: a session waiting in `pg_advisory_lock` is in
+    // a statement and holds a snapshot, which a `CREATE INDEX CONCURRENTLY`
+    // of the instance holding the lock would wait for: a deadlock.
+    loop {
+        let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<BigInt, _>(LOCK_KEY)
+            .get_result(&mut conn)
+            .await?;
+        if got.locked {
+            break;
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
     if let Some(schema) = schema {
         // A name made of letters, digits and `_` only (config checks it).
         diesel::sql_query(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))

@@ -7,9 +7,11 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
-/// How many recent keys are remembered: far more than arrive in the time a
-/// notification takes to come back.
-const CAPACITY: usize = 16_384;
+/// How many recent keys are remembered: more than one batch announces (a
+/// shutdown's presence batch of every user of a busy instance) in the time
+/// a notification takes to come back. 16 bytes and a slot of each: about
+/// 2 MiB when full.
+const CAPACITY: usize = 65_536;
 
 /// A bounded set of recently seen event keys, oldest forgotten first.
 #[derive(Debug, Default)]

@@ -120,3 +120,94 @@ fn admission_is_bounded() {
     drop(first);
     assert!(hub.admit(1).is_some());
 }
+
+fn receipt(room_id: i64, user_id: i64, seq: i64) -> ReadReceipt {
+    ReadReceipt {
+        room_id: RoomId(room_id),
+        user_id: UserId(user_id),
+        username: format!("user{user_id}"),
+        last_read_seq: Seq(seq),
+    }
+}
+
+fn reads(r: &mut Registration) -> usize {
+    std::iter::from_fn(|| r.queue.try_recv().ok())
+        .filter(|d| matches!(d, Delivery::Read(_)))
+        .count()
+}
+
+#[test]
+fn a_receipt_reaches_the_room_and_the_readers_sockets_once_each() {
+    let hub = Hub::new();
+    let mut joined_reader = hub.register(TokenId(1), UserId(1)).unwrap();
+    let mut other_device = hub.register(TokenId(2), UserId(1)).unwrap();
+    let mut room_mate = hub.register(TokenId(3), UserId(2)).unwrap();
+    let mut stranger = hub.register(TokenId(4), UserId(3)).unwrap();
+    joined_reader.subscribe(RoomId(7));
+    room_mate.subscribe(RoomId(7));
+    hub.publish_read(&receipt(7, 1, 5));
+    assert_eq!(
+        reads(&mut joined_reader),
+        1,
+        "joined and the reader's: once"
+    );
+    assert_eq!(reads(&mut other_device), 1);
+    assert_eq!(reads(&mut room_mate), 1);
+    assert_eq!(reads(&mut stranger), 0);
+    // The copy that comes back through the listener is dropped; a marker
+    // that moved again is news.
+    hub.publish_read(&receipt(7, 1, 5));
+    assert_eq!(reads(&mut room_mate), 0);
+    hub.publish_read(&receipt(7, 1, 6));
+    assert_eq!(reads(&mut room_mate), 1);
+}
+
+#[test]
+fn updates_and_presence_changes_are_fanned_out_once_per_event() {
+    let hub = Hub::new();
+    let mut a = hub.register(TokenId(1), UserId(1)).unwrap();
+    a.subscribe(RoomId(2));
+    let mut edited = message(2, 1);
+    edited.edited_at = Some(chrono::Utc::now());
+    hub.publish_update(&edited);
+    hub.publish_update(&edited);
+    let change = |nonce| PresenceChange {
+        room_id: RoomId(2),
+        user_id: UserId(9),
+        username: "zed".into(),
+        online: true,
+        nonce,
+    };
+    hub.publish_presence(&change(1));
+    hub.publish_presence(&change(1));
+    hub.publish_presence(&change(2));
+    let got: Vec<&str> = std::iter::from_fn(|| a.queue.try_recv().ok())
+        .map(|d| match d {
+            Delivery::Updated(_) => "updated",
+            Delivery::Presence(_) => "presence",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(got, ["updated", "presence", "presence"]);
+}
+
+#[test]
+fn the_first_join_and_the_last_leave_wake_the_presence_task() {
+    use futures_util::FutureExt;
+    let hub = Hub::new();
+    let mut a = hub.register(TokenId(1), UserId(1)).unwrap();
+    let mut b = hub.register(TokenId(2), UserId(1)).unwrap();
+    a.subscribe(RoomId(3));
+    assert!(hub.presence_changed().now_or_never().is_some());
+    b.subscribe(RoomId(3));
+    assert!(
+        hub.presence_changed().now_or_never().is_none(),
+        "a second socket is no news"
+    );
+    assert_eq!(hub.present_here(), vec![(RoomId(3), UserId(1))]);
+    a.unsubscribe(RoomId(3));
+    assert!(hub.presence_changed().now_or_never().is_none());
+    drop(b);
+    assert!(hub.presence_changed().now_or_never().is_some());
+    assert!(hub.present_here().is_empty());
+}

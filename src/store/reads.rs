@@ -25,6 +25,8 @@ pub struct Marked {
 
 #[derive(QueryableByName)]
 struct MarkRow {
+    /// The marker as it stood, or the asked seq when a concurrent read
+    /// moved it at least that far meanwhile (its update then did not apply).
     #[diesel(sql_type = BigInt)]
     old: Seq,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -58,7 +60,8 @@ pub async fn mark(
                  WHERE read_markers.last_read_seq < excluded.last_read_seq \
                  RETURNING last_read_seq \
              ) \
-             SELECT t.old, (SELECT last_read_seq FROM up) AS moved FROM target t",
+             SELECT greatest(t.old, t.seq) AS old, (SELECT last_read_seq FROM up) AS moved \
+             FROM target t",
             visible = super::rooms::visible_sql("r.id", "$2", "$4"),
         )
     });

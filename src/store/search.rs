@@ -41,17 +41,30 @@ struct HitRow {
     edited_at: Option<DateTime<Utc>>,
 }
 
-/// The search statement; `{ROOM}` is the optional room filter.
+/// Matches ranked per search at most: the newest ones. Ranking computes each
+/// candidate's `to_tsvector` again (about 5 µs a row); ranking every match
+/// of a common word in a big room cost 47 ms of PostgreSQL CPU per search on
+/// 8,429 matches (docs/benchmarks.md, scenario f).
+pub const CANDIDATES: i64 = 1000;
+
+/// The search statement; `{ROOM}` is the optional room filter: the newest
+/// [`CANDIDATES`] matches the caller may read, best first.
 const SEARCH_SQL: &str = "\
-SELECT m.id, m.room_id, m.seq, m.author_id, u.username, u.display_name, m.body, m.client_id,
-       m.created_at, m.edited_at
-FROM messages m
-JOIN users u ON u.id = m.author_id
-CROSS JOIN websearch_to_tsquery('chatpool_search', $1) AS q
-WHERE to_tsvector('chatpool_search', m.body) @@ q
-  AND m.deleted_at IS NULL {ROOM}
-  AND {VISIBLE}
-ORDER BY ts_rank(to_tsvector('chatpool_search', m.body), q) DESC, m.id DESC
+WITH hits AS (
+    SELECT m.id, m.room_id, m.seq, m.author_id, m.body, m.client_id, m.created_at, m.edited_at
+    FROM messages m
+    WHERE to_tsvector('chatpool_search', m.body) @@ websearch_to_tsquery('chatpool_search', $1)
+      AND m.deleted_at IS NULL {ROOM}
+      AND {VISIBLE}
+    ORDER BY m.id DESC
+    LIMIT {CANDIDATES}
+)
+SELECT h.id, h.room_id, h.seq, h.author_id, u.username, u.display_name, h.body, h.client_id,
+       h.created_at, h.edited_at
+FROM hits h
+JOIN users u ON u.id = h.author_id
+ORDER BY ts_rank(to_tsvector('chatpool_search', h.body), websearch_to_tsquery('chatpool_search', $1)) DESC,
+         h.id DESC
 LIMIT $4";
 
 /// The statement, with or without a room filter (`$5`).
@@ -60,6 +73,7 @@ pub fn search_sql(in_room: bool) -> &'static str {
         [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
     SQL[usize::from(in_room)].get_or_init(|| {
         SEARCH_SQL
+            .replace("{CANDIDATES}", &CANDIDATES.to_string())
             .replace("{ROOM}", if in_room { "AND m.room_id = $5" } else { "" })
             .replace(
                 "{VISIBLE}",
@@ -68,8 +82,9 @@ pub fn search_sql(in_room: bool) -> &'static str {
     })
 }
 
-/// The best `limit` matches of `query` (web-search syntax) that `caller`
-/// may read, best first, in `room` when given.
+/// The best `limit` of the newest [`CANDIDATES`] matches of `query`
+/// (web-search syntax) that `caller` may read, best first, in `room` when
+/// given.
 pub async fn messages(
     conn: &mut AsyncPgConnection,
     caller: UserId,

@@ -7,10 +7,12 @@
 //! earlier send of the same batch using the same `(author, client_id)` (then
 //! that one's message is the answer)? The rest are counted per room, each
 //! room's `last_seq` is raised once by its count (rooms locked in id order,
-//! so batches on several instances cannot deadlock), and the messages are
+//! so batches on several instances cannot deadlock; `FOR NO KEY UPDATE`, the
+//! lock the update itself takes, so rows that merely reference a room
+//! (members, markers, presence) are not blocked by it), the messages are
 //! inserted with consecutive seqs in input order, and each author's read
-//! marker in each room moves to their last message there. A refused send never fails
-//! the others; a statement error (a `client_id` racing on another instance,
+//! marker in each room moves to their last message there. A refused send
+//! never fails the others; a statement error (a `client_id` racing on another instance,
 //! the time limit) fails the batch, which the caller retries or reports.
 
 use chrono::{DateTime, Utc};
@@ -124,7 +126,7 @@ WITH input AS (
 ), counts AS (
     SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id
 ), locked AS (
-    SELECT r.id FROM rooms r WHERE r.id IN (SELECT room_id FROM counts) ORDER BY r.id FOR UPDATE
+    SELECT r.id FROM rooms r WHERE r.id IN (SELECT room_id FROM counts) ORDER BY r.id FOR NO KEY UPDATE
 ), bumped AS (
     UPDATE rooms r SET last_seq = r.last_seq + c.n
     FROM counts c

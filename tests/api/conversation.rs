@@ -535,19 +535,32 @@ async fn the_conversation_migrations_upgrade_a_database_already_holding_messages
             send(&app, &alice, room, body).await;
         }
         let before = history(&app, &bob.token, room, "").await.expect(200);
+        delete(&app, &alice.token, room, 3).await.expect(204);
 
+        // Down, with a tombstone present: the old schema gets a placeholder.
         let reverted = app.revert_latest_migrations(2).await.unwrap();
         assert_eq!(reverted.len(), 2, "{reverted:?}");
         assert!(!app.table_exists("public.read_markers").await);
+        let client = sql_client(&app.db.url, "chatpool-tests").await;
+        let bodies: Vec<String> = client
+            .query("SELECT body FROM messages ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(bodies, ["uno", "dos", "(deleted)"]);
+
+        // Up again, on a database holding messages.
         let applied = app.run_pending_migrations().await.unwrap();
         assert_eq!(applied.len(), 2, "{applied:?}");
-
-        // Every message is still there, unchanged, neither edited nor deleted.
-        assert_eq!(history(&app, &bob.token, room, "").await.expect(200), before);
+        let after = history(&app, &bob.token, room, "").await.expect(200);
+        assert_eq!(after["messages"][0], before["messages"][0], "unchanged, neither edited nor deleted");
+        assert_eq!(after["messages"][1], before["messages"][1]);
+        assert_eq!(after["messages"][2]["body"], "(deleted)");
         // Members had read what was there before the upgrade.
         assert_eq!(marker(&app, &bob.token, room).await, (3, 0));
         // The concurrently built search index is valid and serves searches.
-        let client = sql_client(&app.db.url, "chatpool-tests").await;
         let valid: bool = client
             .query_one(
                 "SELECT indisvalid FROM pg_index WHERE indexrelid = 'messages_search_idx'::regclass",
@@ -558,6 +571,36 @@ async fn the_conversation_migrations_upgrade_a_database_already_holding_messages
             .get(0);
         assert!(valid);
         assert_eq!(search(&app, &bob.token, "q=dos").await, ["dos"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_starting_at_once_on_a_fresh_database_migrate_once_and_both_serve() {
+    bounded(async {
+        let db = std::sync::Arc::new(chatpool::testkit::cluster().create_database().await);
+        let (a, b) = tokio::join!(
+            chatpool::testkit::AppOptions::default().database(db.clone()).spawn(),
+            chatpool::testkit::AppOptions::default().database(db.clone()).spawn(),
+        );
+        let alice = register(&a, "alice").await;
+        let room = id_of(&create_room(&a, &alice.token, "r", &[]).await);
+        send(&a, &alice, room, "hola desde a").await;
+        assert_eq!(search(&b, &alice.token, "q=hola").await, ["hola desde a"]);
+        let client = sql_client(&db.url, "chatpool-tests").await;
+        let (applied, valid): (i64, bool) = {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM __diesel_schema_migrations), \
+                     (SELECT indisvalid FROM pg_index WHERE indexrelid = 'messages_search_idx'::regclass)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(applied, 4);
+        assert!(valid);
     })
     .await;
 }

@@ -19,7 +19,7 @@ use super::jobs::{Filled, Finished, Hole, Job, JoinRead, RoomEpochs};
 use crate::auth::AuthUser;
 use crate::chat::Sent;
 use crate::db::DbError;
-use crate::domain::UserView;
+use crate::domain::{MessageView, UserView};
 use crate::error::ApiError;
 use crate::events::ReadReceipt;
 use crate::hub::{Delivery, Registration, Shared};
@@ -33,6 +33,8 @@ use crate::ws::protocol::{self, Command, ServerFrame};
 const TYPING_BURST: f64 = 5.0;
 /// Typing tokens regained per second.
 const TYPING_PER_SECOND: f64 = 1.0;
+/// Edits held per joining room at most (a join's read takes milliseconds).
+const HELD_UPDATES: usize = 256;
 /// Pause before retrying an access re-check that failed (pool busy, database down).
 const RECHECK_RETRY: Duration = Duration::from_millis(500);
 
@@ -49,6 +51,9 @@ pub(super) struct Conversation {
     /// receipts for that room that arrived meanwhile (held so the reply
     /// comes first and the socket gets the receipt once, as its reply).
     reading: Option<(RoomId, Vec<Arc<Shared<ReadReceipt>>>)>,
+    /// Edits of rooms still joining, written after `joined` and the replay
+    /// (whose read may predate them).
+    held_updates: HashMap<RoomId, Vec<Arc<Shared<MessageView>>>>,
     /// Frames decided but not yet written.
     out: Vec<Utf8Bytes>,
 }
@@ -63,6 +68,7 @@ impl Conversation {
             typing: Bucket::new(now),
             recheck_at: None,
             reading: None,
+            held_updates: HashMap::new(),
             out: Vec::new(),
         }
     }
@@ -120,6 +126,7 @@ impl Conversation {
             }),
             Command::Leave { room_id } => {
                 self.rooms.remove(&room_id);
+                self.held_updates.remove(&room_id);
                 self.reg.unsubscribe(room_id);
                 self.push(ServerFrame::Left {
                     room_id,
@@ -205,8 +212,14 @@ impl Conversation {
                 }
             }
             Delivery::Updated(shared) => {
-                if self.is_live(shared.value().room_id) {
+                let room_id = shared.value().room_id;
+                if self.is_live(room_id) {
                     self.out.push(shared.encoded(protocol::updated_frame));
+                } else if self.rooms.contains_key(&room_id) {
+                    let held = self.held_updates.entry(room_id).or_default();
+                    if held.len() < HELD_UPDATES {
+                        held.push(shared);
+                    }
                 }
             }
             Delivery::Read(shared) => {
@@ -314,6 +327,7 @@ impl Conversation {
             Ok(read) => read,
             Err(e) => {
                 self.rooms.remove(&room_id);
+                self.held_updates.remove(&room_id);
                 self.reg.unsubscribe(room_id);
                 return self.report(&e, reference, None);
             }
@@ -333,6 +347,9 @@ impl Conversation {
         self.reg.observe(room_id, read.last_seq);
         if let Some(cursor) = self.rooms.get_mut(&room_id) {
             cursor.go_live(read.last_seq, replay, now, &mut self.out);
+        }
+        for shared in self.held_updates.remove(&room_id).unwrap_or_default() {
+            self.out.push(shared.encoded(protocol::updated_frame));
         }
         Ok(())
     }
@@ -464,6 +481,7 @@ impl Conversation {
     /// client with the frame a `leave` gets.
     fn leave_lost(&mut self, room_id: RoomId) {
         self.rooms.remove(&room_id);
+        self.held_updates.remove(&room_id);
         self.reg.unsubscribe(room_id);
         self.push(ServerFrame::Left {
             room_id,

@@ -424,3 +424,85 @@ fn a_message_published_twice_is_delivered_once() {
     deliver(&mut c, now);
     assert_eq!(seqs(&frames(&mut c)), vec![1, 2]);
 }
+
+#[test]
+fn a_read_is_answered_once_as_its_reply_and_later_receipts_follow_it() {
+    let now = Instant::now();
+    let hub = Hub::new();
+    let mut c = conversation(&hub, 1, now);
+    join_live(&mut c, 7, 10, now);
+    let job = text(
+        &mut c,
+        json!({"type": "read", "room_id": 7, "seq": 5, "ref": "r"}),
+        now,
+    );
+    assert!(
+        matches!(job, Some(Job::Read { seq: Seq(5), .. })),
+        "{job:?}"
+    );
+    // This read's own receipt, published after its commit, and a later one
+    // from another device arrive before the job's answer.
+    let receipt = |seq| crate::events::ReadReceipt {
+        room_id: RoomId(7),
+        user_id: UserId(1),
+        username: "user1".into(),
+        last_read_seq: Seq(seq),
+    };
+    hub.publish_read(&receipt(5));
+    hub.publish_read(&receipt(9));
+    deliver(&mut c, now);
+    assert!(frames(&mut c).is_empty(), "held until the reply");
+    let done = Finished::Read {
+        reference: Some("r".into()),
+        room_id: RoomId(7),
+        result: Ok(Seq(5)),
+    };
+    c.on_finished(done, now).unwrap();
+    let out = frames(&mut c);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        (out[0]["ref"].as_str(), out[0]["last_read_seq"].as_i64()),
+        (Some("r"), Some(5))
+    );
+    assert_eq!(out[1]["last_read_seq"], 9);
+    assert!(out[1].get("ref").is_none());
+    // Receipts of others are not held.
+    hub.publish_read(&crate::events::ReadReceipt {
+        user_id: UserId(2),
+        ..receipt(3)
+    });
+    deliver(&mut c, now);
+    assert_eq!(frames(&mut c)[0]["user"]["id"], 2);
+}
+
+#[test]
+fn an_edit_that_arrives_while_joining_follows_the_joined_frame() {
+    let now = Instant::now();
+    let hub = Hub::new();
+    let mut c = conversation(&hub, 1, now);
+    let job = text(&mut c, json!({"type": "join", "room_id": 4}), now);
+    let Some(Job::Join { epoch, .. }) = job else {
+        panic!("a join job: {job:?}")
+    };
+    let mut edited = message(4, 2);
+    edited.body = "edited".into();
+    edited.edited_at = Some(chrono::Utc::now());
+    hub.publish_update(&edited);
+    deliver(&mut c, now);
+    assert!(frames(&mut c).is_empty(), "held while the join's read runs");
+    let joined = Finished::Joined {
+        reference: None,
+        room_id: RoomId(4),
+        epoch,
+        result: Ok(JoinRead {
+            last_seq: Seq(2),
+            replay: Vec::new(),
+            truncated: false,
+        }),
+    };
+    c.on_finished(joined, now).unwrap();
+    let out = frames(&mut c);
+    let kinds: Vec<&str> = out.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["joined", "message_updated"]);
+    assert_eq!(out[1]["message"]["body"], "edited");
+}
