@@ -10,7 +10,8 @@
 //!
 //! - Edges: `cli` (the command line) → `manage` (operator commands);
 //!   `http` (the HTTP API, ops endpoints, `/metrics`; `http::conversation`
-//!   and `http::search`: SPEC §5; `http::openapi`: the
+//!   and `http::search`: SPEC §5; `http::console`: the page at `/` and the
+//!   reference client, `console/` compiled in; `http::openapi`: the
 //!   router and its OpenAPI document from one list; `http::cors`) and `ws` (upgrade,
 //!   `ws::session`: the socket loop, `frames` (the pure per-frame rules) and
 //!   `jobs` (join replay, gap fill, access re-check), `protocol`, `close`,

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod console;
 mod conversation;
 mod cors;
 mod extract;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

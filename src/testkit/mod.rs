@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod browser;
 pub mod cluster;
 pub mod pg;
 pub mod pgbouncer;

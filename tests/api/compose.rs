@@ -212,7 +212,14 @@ fn the_image_builds_from_the_whole_allowlisted_context_as_a_non_root_user() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
     assert_eq!(entries[0], "*");
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations", "benches"] {
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "migrations",
+        "benches",
+        "console",
+    ] {
         assert!(entries.contains(&format!("!{needed}").as_str()), "{needed}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod authz;
 mod compose;
+mod console;
 mod contract;
 mod conversation;
 mod foundation;
