@@ -5,21 +5,31 @@ import { Chatpool } from "/console/chatpool.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "chatpool.token";
+/** Pause before a read marker is sent, so a burst of messages costs one. */
+const READ_DELAY_MS = 300;
 
 const chat = new Chatpool({ token: sessionStorage.getItem(TOKEN_KEY) });
-const state = {
-  rooms: new Map(), // id → room object (with last_read_seq, unread)
-  all: false, // the all-rooms view (agents and admins)
-  mine: new Set(), // ids of the caller's own rooms (joined for live unread counts)
-  current: null, // the open room's id
-  shown: new Map(), // seq → <li> of the open room
-  oldest: null, // lowest seq shown
-  newest: 0, // highest seq shown
-  receipts: new Map(), // user id → {username, seq}, others' markers in the open room
-  online: new Map(), // user id → username, in the open room
-  typingTimer: null,
-  lastTyping: 0,
-};
+const state = fresh();
+
+function fresh() {
+  return {
+    rooms: new Map(), // id → room object (with last_read_seq, unread)
+    all: false, // the all-rooms view (agents and admins)
+    mine: new Set(), // ids of the caller's own rooms (joined for live unread counts)
+    listed: 0, // the latest room-list request, so an older answer is dropped
+    current: null, // the open room's id
+    shown: new Map(), // seq → <li> of the open room
+    oldest: null, // lowest seq shown
+    newest: 0, // highest seq shown
+    receipts: new Map(), // user id → {username, seq}: how far the others read
+    online: new Map(), // user id → username, in the open room
+    asked: new Map(), // room id → the read marker last asked for
+    readTimer: null,
+    typingTimer: null,
+    lastTyping: 0,
+    wasOffline: false, // the socket dropped since the open room was read
+  };
+}
 
 function me() {
   return chat.user;
@@ -33,7 +43,7 @@ function showError(id, e) {
   $(id).textContent = e ? e.message || String(e) : "";
 }
 
-// ---- signing in ------------------------------------------------------------
+// ---- signing in and out -----------------------------------------------------
 
 async function start() {
   if (chat.token) {
@@ -45,6 +55,23 @@ async function start() {
       chat.token = null;
     }
   }
+  showAuth();
+}
+
+/** Forgets everything of the signed-in user, on screen and in memory. */
+function reset() {
+  chat.close();
+  clearTimeout(state.readTimer);
+  clearTimeout(state.typingTimer);
+  Object.assign(state, fresh());
+  sessionStorage.removeItem(TOKEN_KEY);
+  for (const id of ["rooms", "messages", "results"]) $(id).replaceChildren();
+  delete $("rooms").dataset.ids;
+  for (const id of ["typing", "receipts", "presence", "room-title", "room-error", "whoami"]) {
+    $(id).textContent = "";
+  }
+  $("room").hidden = true;
+  $("all-rooms").checked = false;
   showAuth();
 }
 
@@ -82,57 +109,90 @@ async function enter() {
   await loadRooms();
 }
 
-// ---- rooms -----------------------------------------------------------------
+// ---- rooms -------------------------------------------------------------------
 
 async function loadRooms() {
-  const rooms = await chat.rooms({ all: state.all });
+  const ticket = ++state.listed;
+  const all = state.all;
+  const rooms = await chat.rooms({ all });
+  if (ticket !== state.listed) return; // a newer list was asked for
   state.rooms = new Map(rooms.map((r) => [r.id, r]));
   // Joined for live unread counts: every room of the caller's own; in the
   // all-rooms view only the open one.
-  if (!state.all) {
+  if (!all) {
     state.mine = new Set(rooms.map((r) => r.id));
     for (const r of rooms) chat.join(r.id, r.last_seq);
   }
   renderRooms();
 }
 
+/** The room list: rebuilt when its rooms change, else updated in place (keeps focus). */
 function renderRooms() {
   const list = $("rooms");
-  list.replaceChildren();
-  for (const r of state.rooms.values()) {
-    const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.room = r.id;
-    if (r.id === state.current) button.setAttribute("aria-current", "true");
-    const name = document.createElement("span");
-    name.textContent = r.name;
-    button.append(name);
-    if (r.unread > 0) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = String(r.unread);
-      badge.setAttribute("aria-label", `${r.unread} unread`);
-      button.append(badge);
+  const ids = [...state.rooms.keys()].join(",");
+  if (list.dataset.ids !== ids) {
+    list.dataset.ids = ids;
+    list.replaceChildren();
+    for (const r of state.rooms.values()) {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.room = r.id;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = r.name;
+      button.append(name);
+      button.addEventListener("click", () => openRoom(r.id));
+      li.append(button);
+      list.append(li);
     }
-    button.addEventListener("click", () => openRoom(r.id));
-    li.append(button);
-    list.append(li);
   }
+  for (const button of list.querySelectorAll("button[data-room]")) {
+    const r = state.rooms.get(Number(button.dataset.room));
+    if (!r) continue;
+    if (r.id === state.current) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+    let badge = button.querySelector(".badge");
+    if (r.unread > 0) {
+      if (!badge) {
+        badge = document.createElement("span");
+        badge.className = "badge";
+        button.append(badge);
+      }
+      const count = String(r.unread);
+      if (badge.dataset.count !== count) {
+        badge.dataset.count = count;
+        badge.replaceChildren(count, hiddenText(" unread"));
+      }
+    } else if (badge) {
+      badge.remove();
+    }
+  }
+}
+
+function hiddenText(text) {
+  const span = document.createElement("span");
+  span.className = "visually-hidden";
+  span.textContent = text;
+  return span;
 }
 
 async function openRoom(id) {
   const previous = state.current;
-  if (previous !== null && previous !== id && state.all && !isMine(previous)) chat.leave(previous);
+  // A room opened from the all-rooms view or a search is left again, so an
+  // agent does not stay "online" in every room they looked at.
+  if (previous !== null && previous !== id && !isMine(previous)) chat.leave(previous);
   state.current = id;
   state.shown.clear();
   state.receipts.clear();
   state.online.clear();
   state.oldest = null;
   state.newest = 0;
+  state.wasOffline = false;
   $("messages").replaceChildren();
   $("typing").textContent = "";
   $("receipts").textContent = "";
+  $("presence").textContent = "";
   showError("room-error", null);
   const room = state.rooms.get(id);
   $("room").hidden = false;
@@ -141,12 +201,10 @@ async function openRoom(id) {
   try {
     const page = await chat.history(id);
     if (state.current !== id) return;
-    for (const m of page.messages) append(m);
-    state.oldest = page.messages.length ? page.messages[0].seq : null;
+    for (const m of page.messages) show(m);
     $("older").hidden = !page.has_more;
     chat.join(id, page.last_seq);
-    for (const u of await chat.presence(id)) state.online.set(u.id, u.username);
-    renderPresence();
+    await loadPresence(id);
     markRead();
     $("body").focus();
   } catch (e) {
@@ -158,6 +216,13 @@ function isMine(id) {
   return state.mine.has(id);
 }
 
+async function loadPresence(id) {
+  const online = await chat.presence(id);
+  if (state.current !== id) return;
+  state.online = new Map(online.map((u) => [u.id, u.username]));
+  renderPresence();
+}
+
 async function loadOlder() {
   const id = state.current;
   if (id === null || state.oldest === null) return;
@@ -165,12 +230,36 @@ async function loadOlder() {
     const page = await chat.history(id, { beforeSeq: state.oldest });
     if (state.current !== id) return;
     const list = $("messages");
-    const first = list.firstChild;
-    for (const m of page.messages) {
-      if (!state.shown.has(m.seq)) list.insertBefore(render(m), first);
-    }
-    if (page.messages.length) state.oldest = page.messages[0].seq;
+    const keep = list.scrollHeight - list.scrollTop;
+    for (const m of page.messages) show(m, false);
+    list.scrollTop = list.scrollHeight - keep;
     $("older").hidden = !page.has_more;
+  } catch (e) {
+    showError("room-error", e);
+  }
+}
+
+/**
+ * After the socket came back: the open room's shown messages are read again
+ * (edits and deletes made meanwhile), and who is online; with more than 1000
+ * missed (`truncated`), the room is simply opened again.
+ */
+async function resync(joined) {
+  const id = state.current;
+  if (joined.truncated) return openRoom(id);
+  try {
+    let after = state.oldest === null ? joined.last_seq : state.oldest - 1;
+    while (after < state.newest) {
+      const page = await chat.history(id, { afterSeq: after, limit: 200 });
+      if (state.current !== id) return;
+      for (const m of page.messages) {
+        const li = state.shown.get(m.seq);
+        if (li) fill(li, m);
+      }
+      if (!page.has_more || !page.messages.length) break;
+      after = page.messages[page.messages.length - 1].seq;
+    }
+    await loadPresence(id);
   } catch (e) {
     showError("room-error", e);
   }
@@ -178,12 +267,24 @@ async function loadOlder() {
 
 // ---- messages ----------------------------------------------------------------
 
-function render(m) {
+/** Shows `m` in seq order (a live message may overtake the history page). */
+function show(m, follow = true) {
+  if (state.shown.has(m.seq)) return;
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   const li = document.createElement("li");
   li.dataset.seq = m.seq;
   fill(li, m);
   state.shown.set(m.seq, li);
-  return li;
+  let after = null; // the first shown message with a higher seq
+  for (let node = list.lastElementChild; node; node = node.previousElementSibling) {
+    if (Number(node.dataset.seq) < m.seq) break;
+    after = node;
+  }
+  list.insertBefore(li, after);
+  state.newest = Math.max(state.newest, m.seq);
+  state.oldest = state.oldest === null ? m.seq : Math.min(state.oldest, m.seq);
+  if (follow && atBottom) list.scrollTop = list.scrollHeight;
 }
 
 function fill(li, m) {
@@ -207,47 +308,40 @@ function fill(li, m) {
   }
   if (m.deleted_at) return;
   const mine = me() && m.author.id === me().id;
-  if (mine) li.append(action("Edit", () => startEdit(li, m)));
-  if (mine || staff()) li.append(action("Delete", () => remove(m)));
+  if (mine) li.append(action("Edit", `Edit message ${m.seq}`, () => startEdit(li, m)));
+  if (mine || staff()) li.append(action("Delete", `Delete message ${m.seq}`, () => remove(m)));
 }
 
-function action(label, onClick) {
+function action(label, name, onClick) {
   const b = document.createElement("button");
   b.type = "button";
   b.className = "quiet";
   b.textContent = label;
+  b.setAttribute("aria-label", name);
   b.addEventListener("click", onClick);
   return b;
-}
-
-function append(m) {
-  if (state.shown.has(m.seq)) return;
-  $("messages").append(render(m));
-  state.newest = Math.max(state.newest, m.seq);
-  if (state.oldest === null) state.oldest = m.seq;
-  const list = $("messages");
-  list.scrollTop = list.scrollHeight;
 }
 
 function startEdit(li, m) {
   const form = document.createElement("form");
   form.className = "row";
   const label = document.createElement("label");
-  label.textContent = "Edit message ";
-  const input = document.createElement("input");
+  label.className = "grow";
+  label.textContent = `Edit message ${m.seq} `;
+  const input = document.createElement("textarea");
   input.value = m.body;
   input.required = true;
   input.maxLength = 4000;
+  input.rows = 2;
   label.append(input);
   const save = document.createElement("button");
   save.type = "submit";
   save.textContent = "Save";
-  form.append(label, save, action("Cancel", () => fill(li, m)));
+  form.append(label, save, action("Cancel", `Cancel editing message ${m.seq}`, () => fill(li, m)));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
-      const edited = await chat.edit(m.room_id, m.seq, input.value);
-      fill(li, edited);
+      fill(li, await chat.edit(m.room_id, m.seq, input.value));
     } catch (err) {
       showError("room-error", err);
     }
@@ -264,17 +358,24 @@ async function remove(m) {
   }
 }
 
-/** Moves the marker to the newest message shown, if it is further. */
-async function markRead() {
+/** Moves the marker to the newest message shown, soon (one call for a burst). */
+function markRead() {
+  clearTimeout(state.readTimer);
+  state.readTimer = setTimeout(sendRead, READ_DELAY_MS);
+}
+
+async function sendRead() {
   const id = state.current;
   const room = state.rooms.get(id);
-  if (id === null || state.newest === 0 || document.hidden) return;
-  if (room && room.last_read_seq >= state.newest) return;
+  const seq = state.newest;
+  if (id === null || seq === 0 || document.hidden) return;
+  if ((room && room.last_read_seq >= seq) || (state.asked.get(id) ?? 0) >= seq) return;
+  state.asked.set(id, seq);
   try {
-    const seq = chat.online ? await chat.read(id, state.newest) : (await chat.markRead(id, state.newest)).last_read_seq;
-    setMarker(id, seq);
+    const marker = chat.online ? await chat.read(id, seq) : (await chat.markRead(id, seq)).last_read_seq;
+    setMarker(id, marker);
   } catch {
-    // Not worth a message: the next one moves it.
+    state.asked.delete(id); // asked again with the next message
   }
 }
 
@@ -302,29 +403,40 @@ chat.addEventListener("status", (e) => {
   const online = e.detail.online;
   $("status").textContent = online ? "online" : "offline: reconnecting…";
   $("status").classList.toggle("online", online);
+  if (!online) {
+    state.wasOffline = true;
+  } else if (state.wasOffline && me()) {
+    loadRooms().catch(() => {}); // unread counts as they are now
+  }
 });
 
-chat.addEventListener("signedout", () => {
-  sessionStorage.removeItem(TOKEN_KEY);
-  showAuth();
+chat.addEventListener("joined", (e) => {
+  if (e.detail.room_id === state.current && state.wasOffline) {
+    state.wasOffline = false;
+    resync(e.detail);
+  }
 });
+
+chat.addEventListener("signedout", reset);
 
 chat.addEventListener("message", (e) => {
   const m = e.detail;
   const room = state.rooms.get(m.room_id);
-  if (room) room.last_seq = Math.max(room.last_seq, m.seq);
+  const mine = me() && m.author.id === me().id;
+  if (room) {
+    room.last_seq = Math.max(room.last_seq, m.seq);
+    // Sending moves the sender's marker: one's own message is read.
+    if (mine) room.last_read_seq = Math.max(room.last_read_seq, m.seq);
+    room.unread = Math.max(0, room.last_seq - room.last_read_seq);
+  }
   if (m.room_id === state.current) {
-    append(m);
+    show(m);
     markRead();
     // Its author has read up to it (sending moves the marker, unannounced).
-    if (!me() || m.author.id !== me().id) {
+    if (!mine) {
       state.receipts.set(m.author.id, { username: m.author.username, seq: m.seq });
       renderReceipts();
     }
-  } else if (room && (!me() || m.author.id !== me().id)) {
-    room.unread = room.last_seq - room.last_read_seq;
-  } else if (room) {
-    room.last_read_seq = Math.max(room.last_read_seq, m.seq);
   }
   renderRooms();
 });
@@ -373,12 +485,10 @@ $("register").addEventListener("click", () => {
 $("logout").addEventListener("click", async () => {
   try {
     await chat.logout();
-  } finally {
-    sessionStorage.removeItem(TOKEN_KEY);
-    state.current = null;
-    $("room").hidden = true;
-    showAuth();
+  } catch {
+    // Signed out here whatever the server said.
   }
+  reset();
 });
 
 $("composer").addEventListener("submit", async (e) => {
@@ -390,12 +500,12 @@ $("composer").addEventListener("submit", async (e) => {
   try {
     await chat.send(state.current, text);
   } catch (err) {
-    $("body").value = text;
+    if (!$("body").value) $("body").value = text; // unless something new was typed
     showError("room-error", err);
   }
 });
 $("body").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     $("composer").requestSubmit();
   }
@@ -420,6 +530,8 @@ $("create-form").addEventListener("submit", async (e) => {
   try {
     const room = await chat.createRoom($("room-name").value.trim());
     $("room-name").value = "";
+    state.all = false;
+    $("all-rooms").checked = false;
     await loadRooms();
     await openRoom(room.id);
   } catch (err) {

@@ -21,7 +21,11 @@
 // - `send` makes one `client_id` per message and retries it (same id, so
 //   never stored twice) on db_busy, db_timeout, db_unavailable,
 //   rate_limited, server_busy and shutting_down, and across reconnects,
-//   until it is acked or `sendTimeoutMs` (60 s) passes.
+//   until it is acked or `sendTimeoutMs` (60 s) passes. A frame unanswered
+//   for 10 s closes the socket (presumed dead) and is retried after the
+//   reconnect.
+// - A token that stops working (logout elsewhere: close 1008; expired
+//   while away: the upgrade refused) ends in "signedout", not a retry loop.
 //
 // Events (CustomEvent, payload in `detail`): "message" (a message object),
 // "message_updated" (its new state), "typing" {room_id, user},
@@ -52,8 +56,31 @@ export const RETRYABLE = new Set([
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** `ms` with ±20 % jitter. */
-const jitter = (ms) => ms * (0.8 + Math.random() * 0.4);
+/** `ms` plus up to 20 % more, so clients that failed together retry apart. */
+const jitter = (ms) => ms * (1 + Math.random() * 0.2);
+
+/** How long a frame waits for its reply before the socket is presumed dead. */
+const CALL_TIMEOUT_MS = 10000;
+
+/**
+ * A random UUID (v4) for `client_id`. `crypto.randomUUID` exists only in
+ * secure contexts (https, localhost); plain http elsewhere gets one built
+ * from `crypto.getRandomValues`, which exists everywhere.
+ */
+export function newClientId() {
+  if (globalThis.crypto?.randomUUID) {
+    try {
+      return crypto.randomUUID();
+    } catch {
+      // Not a secure context: fall through.
+    }
+  }
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 
 export class Chatpool extends EventTarget {
   /**
@@ -198,13 +225,22 @@ export class Chatpool extends EventTarget {
     if (!this.ws) this.#open();
   }
 
-  /** Closes the socket for good (no reconnect). */
+  /** Closes the socket for good (no reconnect) and forgets the joined rooms. */
   close() {
     this.wanted = false;
     const ws = this.ws;
     this.ws = null;
     if (ws) ws.close(1000);
+    this.#failPending();
+    this.joined.clear();
     this.#setOnline(false);
+  }
+
+  #failPending() {
+    for (const { reject } of this.pending.values()) {
+      reject(new ApiError("disconnected", "the connection closed"));
+    }
+    this.pending.clear();
   }
 
   /**
@@ -221,7 +257,9 @@ export class Chatpool extends EventTarget {
 
   leave(roomId) {
     this.joined.delete(roomId);
-    if (this.online) this.#frame({ type: "leave", room_id: roomId });
+    // With a ref, so its `left` reply is told apart from a `left` the server
+    // sends unasked (access lost), which alone forgets the room.
+    if (this.online) this.#frame({ type: "leave", room_id: roomId, ref: `leave-${this.nextRef++}` });
   }
 
   typing(roomId) {
@@ -238,7 +276,7 @@ export class Chatpool extends EventTarget {
    * codes and across reconnects, over the socket (HTTP when not connected).
    * Resolves with the stored message.
    */
-  async send(roomId, body, clientId = crypto.randomUUID()) {
+  async send(roomId, body, clientId = newClientId()) {
     const deadline = Date.now() + this.sendTimeoutMs;
     let pause = 250;
     for (;;) {
@@ -249,7 +287,9 @@ export class Chatpool extends EventTarget {
         }
         return await this.request("POST", `/api/rooms/${roomId}/messages`, { body, client_id: clientId });
       } catch (e) {
-        const again = e instanceof ApiError && (RETRYABLE.has(e.code) || e.code === "network" || e.code === "disconnected");
+        const again =
+          e instanceof ApiError &&
+          (RETRYABLE.has(e.code) || e.code === "network" || e.code === "disconnected" || e.code === "timeout");
         if (!again || Date.now() + pause > deadline) throw e;
         await sleep(jitter(e.retryAfter ? e.retryAfter * 1000 : pause));
         pause = Math.min(pause * 2, 5000);
@@ -264,29 +304,39 @@ export class Chatpool extends EventTarget {
     url.search = `?token=${encodeURIComponent(this.token)}`;
     const ws = new WebSocket(url);
     this.ws = ws;
+    this.greeted = false;
     ws.onmessage = (e) => this.#onFrame(JSON.parse(e.data));
     ws.onclose = (e) => this.#onClose(ws, e.code);
   }
 
-  #onClose(ws, code) {
+  async #onClose(ws, code) {
     if (this.ws !== ws) return;
+    const greeted = this.greeted;
     this.ws = null;
     this.#setOnline(false);
-    for (const { reject } of this.pending.values()) {
-      reject(new ApiError("disconnected", "the connection closed"));
-    }
-    this.pending.clear();
-    if (code === 1008) {
-      this.wanted = false;
-      this.dispatchEvent(new CustomEvent("signedout"));
-      return;
-    }
+    this.#failPending();
+    if (code === 1008) return this.#signedOut();
     if (!this.wanted) return;
+    // A refused upgrade (a token gone bad while away: HTTP 401) closes
+    // before `hello` with 1006 like any network failure: ask.
+    if (!greeted) {
+      try {
+        await this.request("GET", "/api/me");
+      } catch (e) {
+        if (e.status === 401) return this.#signedOut();
+      }
+    }
     const pause = jitter(this.backoffMs);
     this.backoffMs = Math.min(this.backoffMs * 2, 10000);
     setTimeout(() => {
       if (this.wanted && !this.ws) this.#open();
     }, pause);
+  }
+
+  #signedOut() {
+    this.wanted = false;
+    this.joined.clear();
+    this.dispatchEvent(new CustomEvent("signedout"));
   }
 
   #setOnline(online) {
@@ -310,8 +360,20 @@ export class Chatpool extends EventTarget {
   #call(frame) {
     if (!this.online) return Promise.reject(new ApiError("disconnected", "not connected"));
     const ref = String(this.nextRef++);
+    const ws = this.ws;
     return new Promise((resolve, reject) => {
-      this.pending.set(ref, { resolve, reject });
+      // No answer in time: the socket is presumed dead (a half-open
+      // connection) and closed, which reconnects; the caller may retry.
+      const timer = setTimeout(() => {
+        if (!this.pending.delete(ref)) return;
+        reject(new ApiError("timeout", "no answer from the server"));
+        if (this.ws === ws) ws.close(4000, "no answer");
+      }, CALL_TIMEOUT_MS);
+      const settle = (f) => (value) => {
+        clearTimeout(timer);
+        f(value);
+      };
+      this.pending.set(ref, { resolve: settle(resolve), reject: settle(reject) });
       this.#frame({ ...frame, ref });
     });
   }
@@ -326,6 +388,7 @@ export class Chatpool extends EventTarget {
     switch (f.type) {
       case "hello":
         this.user = f.user;
+        this.greeted = true;
         this.backoffMs = 250;
         this.#setOnline(true);
         for (const roomId of this.joined.keys()) this.#sendJoin(roomId);
@@ -335,7 +398,7 @@ export class Chatpool extends EventTarget {
         this.#emit("joined", f);
         break;
       case "left":
-        this.joined.delete(f.room_id);
+        if (f.ref === undefined) this.joined.delete(f.room_id);
         this.#emit("left", f);
         break;
       case "message": {

@@ -81,10 +81,20 @@ mod tests {
                 .any(|other| other.body.contains(&format!("\"{}\"", asset.path)));
             assert!(linked, "{} is linked from another file", asset.path);
         }
+        // Every script has a src, no element has a style or an on* handler.
+        let scripts = page.matches("<script").count();
+        let with_src = page
+            .matches("<script type=\"module\" src=\"/console/")
+            .count();
+        assert_eq!(scripts, with_src, "no inline script");
         assert!(
-            !page.contains("<script>") && !page.contains("style="),
-            "nothing inline"
+            !page.contains("style=") && !page.contains("<style"),
+            "no inline style"
         );
+        let handler = page
+            .split(|c: char| c.is_whitespace())
+            .any(|word| word.starts_with("on") && word.contains('='));
+        assert!(!handler, "no inline event handler");
         for asset in ASSETS {
             assert!(
                 !asset.body.contains("http://") && !asset.body.contains("https://"),

@@ -5,8 +5,11 @@
 //! [`Browser::page`] is a session of its own (its own Chromium, its own
 //! storage), so two pages are two users on two devices. Every wait on a
 //! page polls the DOM with a bound ([`PAGE_WAIT`]); nothing sleeps for a
-//! fixed time.
+//! fixed time. One browser test runs at a time (Chromium is the heaviest
+//! thing the tests start), and dropping the [`Browser`] kills the driver's
+//! whole process group, so a failed test leaves no Chromium behind.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,10 +20,14 @@ use serde_json::{json, Value};
 /// Longest wait for anything on a page.
 pub const PAGE_WAIT: Duration = Duration::from_secs(20);
 
-/// A running `chromedriver`; stopped on drop.
+/// One browser test at a time.
+static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// A running `chromedriver`; stopped on drop, with every Chromium it started.
 pub struct Browser {
     driver: Child,
     url: String,
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// `name` on PATH, else under `/usr/bin`.
@@ -48,6 +55,7 @@ impl Browser {
             "chromium and chromedriver are not installed \
              (Debian: apt-get install chromium chromium-driver; .ci/run does)"
         );
+        let turn = ONE_AT_A_TIME.acquire().await.expect("never closed");
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -57,11 +65,13 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         let browser = Browser {
             driver: child,
             url: format!("http://127.0.0.1:{port}"),
+            _turn: turn,
         };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + PAGE_WAIT;
@@ -124,7 +134,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The driver leads its own group; its Chromiums are in it.
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }

@@ -74,6 +74,7 @@ async fn two_users_chat_and_see_messages_typing_receipts_presence_edits_and_unre
         a.wait_text("#typing", "bob is typing").await;
         b.click("#composer button[type=submit]").await;
         a.wait_text("#messages", "typing a reply").await;
+        b.wait_text("#messages", "typing a reply").await;
         assert_eq!(a.seqs().await, [1, 2]);
         assert_eq!(b.seqs().await, [1, 2]);
         a.wait_text("#receipts", "bob (up to #2)").await;
@@ -84,7 +85,7 @@ async fn two_users_chat_and_see_messages_typing_receipts_presence_edits_and_unre
 
         // Alice edits and deletes her own message; bob sees both.
         a.click("#messages li[data-seq=\"1\"] button").await;
-        a.fill("#messages li[data-seq=\"1\"] input", "hello, bob").await;
+        a.fill("#messages li[data-seq=\"1\"] textarea", "hello, bob").await;
         a.click("#messages li[data-seq=\"1\"] button[type=submit]").await;
         b.wait_text("#messages li[data-seq=\"1\"]", "hello, bob (edited)").await;
         a.wait_text("#messages li[data-seq=\"1\"]", "Delete").await;
@@ -187,6 +188,13 @@ async fn a_page_open_across_a_server_restart_resumes_without_gaps_or_duplicates(
         // Committed while the page was away (another instance, say).
         let client = sql_client(&db.url, "chatpool-tests").await;
         bulk_messages_sql(&client, room, alice.id(), 2).await;
+        client
+            .execute(
+                "UPDATE messages SET body = 'before 2, edited', edited_at = now() WHERE room_id = $1 AND seq = 2",
+                &[&room],
+            )
+            .await
+            .unwrap();
         let app = AppOptions::default()
             .database(db)
             .env("CHATPOOL_LISTEN", addr)
@@ -194,6 +202,8 @@ async fn a_page_open_across_a_server_restart_resumes_without_gaps_or_duplicates(
             .await;
         page.wait_text("#status", "online").await;
         page.wait_text("#messages", "bulk 5").await;
+        // What changed while it was away is shown as it is now.
+        page.wait_text("#messages li[data-seq=\"2\"]", "before 2, edited (edited)").await;
         post_message(&app, &alice.token, room, "after", None)
             .await
             .expect(201);
@@ -219,7 +229,13 @@ async fn an_agent_sees_every_room_and_the_page_fits_360_px_with_labelled_control
         let browser = Browser::start().await;
         let page = browser.page_sized(360, 800).await;
         with_token(&page, &app, &agent.token).await;
-        assert!(page.text("#rooms").await.is_empty(), "not a member anywhere");
+        // The list of the agent's own rooms has loaded, empty: a member nowhere.
+        page.wait_until(
+            "the agent's own (empty) room list",
+            "return document.querySelector('#rooms').dataset.ids === '';",
+            vec![],
+        )
+        .await;
         page.click("#all-rooms").await;
         page.wait_text("#rooms", "carol's").await;
         open_room(&page, private).await;
