@@ -27,7 +27,8 @@
 //!   read markers; `edits`, edits and deletes), `announce` (commit, then
 //!   announce: `NOTIFY` inside the transaction, local publish after it),
 //!   `hub` (fan-out of committed events to sockets; knows events, not
-//!   frames; `hub::presence`: who has a socket in which room here;
+//!   frames; `hub::conversation`: SPEC §5's events; `hub::presence`: who
+//!   has a socket in which room here;
 //!   `hub::recent`: the listener's copies of this instance's events told
 //!   apart), `presence` (the task that stores this instance's share of
 //!   presence, batched, under a lease, and announces who comes and goes),

@@ -4,6 +4,7 @@
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::*;
+use crate::events::{PresenceChange, ReadReceipt};
 
 fn message(room_id: i64, seq: i64) -> MessageView {
     MessageView::sample(room_id, seq, "hi")
