@@ -51,12 +51,17 @@ pub struct ClusterOptions {
 
 impl ClusterOptions {
     /// What the shared test cluster uses: room for many tests' pools at once,
-    /// and no fsync (test data need not survive an OS crash).
+    /// no fsync (test data need not survive an OS crash), and
+    /// `pg_stat_statements`, so tests can count the statements a request
+    /// costs ([`Cluster::statement_calls`]).
     pub fn for_tests() -> Self {
         ClusterOptions {
             max_connections: 300,
             durable: false,
-            settings: Vec::new(),
+            settings: vec![(
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            )],
         }
     }
 }
@@ -106,6 +111,13 @@ impl Cluster {
             dir,
             _watchdog: watchdog,
         };
+        if options
+            .settings
+            .iter()
+            .any(|(k, v)| k == "shared_preload_libraries" && v.contains("pg_stat_statements"))
+        {
+            cluster.admin_sync(&["CREATE EXTENSION IF NOT EXISTS pg_stat_statements"]);
+        }
         if !options.durable {
             // ALTER SYSTEM cannot share a multi-statement query.
             cluster.admin_sync(&[
@@ -148,6 +160,43 @@ impl Cluster {
     /// connection limit.
     pub async fn connections_of(&self, database: &str, application_name: &str) -> i64 {
         count_connections(&self.admin_url(), database, application_name).await
+    }
+
+    /// Every statement `pg_stat_statements` has seen on `database`, with
+    /// how often it ran (utility statements such as `BEGIN` included): take
+    /// it before and after a request to count what the request ran.
+    pub async fn statement_calls(&self, database: &str) -> Vec<(String, i64)> {
+        let client = pg::connect(&self.admin_url()).await;
+        client
+            .query(
+                "SELECT s.query, sum(s.calls)::bigint FROM pg_stat_statements s \
+                 JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1 GROUP BY s.query",
+                &[&database],
+            )
+            .await
+            .expect("pg_stat_statements (loaded by the shared test cluster)")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// How many times each statement of `database` ran between two
+    /// [`Cluster::statement_calls`] readings (only those that ran).
+    pub fn statements_between(
+        before: &[(String, i64)],
+        after: &[(String, i64)],
+    ) -> Vec<(String, i64)> {
+        after
+            .iter()
+            .filter_map(|(query, calls)| {
+                let was: i64 = before
+                    .iter()
+                    .filter(|(q, _)| q == query)
+                    .map(|(_, c)| c)
+                    .sum();
+                (calls - was > 0).then(|| (query.clone(), calls - was))
+            })
+            .collect()
     }
 
     /// Stops the server (blocking), as an outage would: for tests of what

@@ -240,6 +240,10 @@ async fn an_agent_sees_every_room_and_the_page_fits_360_px_with_labelled_control
         page.wait_text("#rooms", "carol's").await;
         open_room(&page, private).await;
         page.wait_text("#messages", "a customer question").await;
+        // Search, over every room for an agent.
+        page.fill("#search", "customer").await;
+        page.click("#search-form button[type=submit]").await;
+        page.wait_text("#results", "carol: a customer question").await;
 
         // Readable at 360 px: nothing wider than the window; every control labelled.
         let width = page.eval("return document.documentElement.scrollWidth;", vec![]).await;

@@ -679,3 +679,67 @@ async fn search_never_scans_messages_sequentially_even_in_a_room_of_100k_message
     })
     .await;
 }
+
+/// The statements of `app`'s database that ran while `work` did, with how
+/// often, whose text contains `needle`.
+async fn statements_during<F: std::future::Future<Output = ()>>(
+    app: &TestApp,
+    needle: &str,
+    work: F,
+) -> Vec<(String, i64)> {
+    let cluster = chatpool::testkit::cluster();
+    let before = cluster.statement_calls(&app.db.name).await;
+    work.await;
+    let after = cluster.statement_calls(&app.db.name).await;
+    chatpool::testkit::Cluster::statements_between(&before, &after)
+        .into_iter()
+        .filter(|(q, _)| q.contains(needle))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_room_list_with_unread_counts_is_one_statement_and_a_send_moves_the_marker_in_its_own()
+{
+    bounded(async {
+        let app = spawn_app().await;
+        let alice = register(&app, "alice").await;
+        let bob = register(&app, "bob").await;
+        let mut rooms = Vec::new();
+        for i in 0..30 {
+            let room = id_of(&create_room(&app, &alice.token, &format!("r{i}"), &[bob.id()]).await);
+            send(&app, &alice, room, "hi").await;
+            rooms.push(room);
+        }
+        get(&app, "/api/rooms", &bob.token).await.expect(200); // warm: token cache, prepared statement
+
+        let listed = statements_during(&app, "rooms", async {
+            for _ in 0..3 {
+                let body = get(&app, "/api/rooms", &bob.token).await.expect(200);
+                assert_eq!(body["rooms"].as_array().unwrap().len(), 30);
+                assert!(body["rooms"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["unread"] == 1));
+            }
+        })
+        .await;
+        assert_eq!(listed.len(), 1, "one statement for 30 rooms: {listed:?}");
+        assert_eq!(listed[0].1, 3, "once per request: {listed:?}");
+        assert!(listed[0].0.contains("read_markers"), "{listed:?}");
+
+        // Sending moves the sender's marker inside the batch statement: no
+        // other statement touches the markers.
+        let marked = statements_during(&app, "read_markers", async {
+            send(&app, &bob, rooms[0], "reply").await;
+        })
+        .await;
+        assert_eq!(marked.len(), 1, "{marked:?}");
+        assert!(
+            marked[0].0.contains("INSERT INTO messages"),
+            "the send's own statement: {marked:?}"
+        );
+        assert_eq!(marker(&app, &bob.token, rooms[0]).await, (2, 0));
+    })
+    .await;
+}

@@ -233,3 +233,92 @@ async fn a_killed_instances_users_go_offline_within_the_lease() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_joins_cost_a_few_presence_batches_and_heartbeats_cost_none() {
+    bounded(async {
+        // The longest lease: its renewal (every 13 s) stays out of the way.
+        let app = AppOptions::default()
+            .env("CHATPOOL_HEARTBEAT_MS", 100)
+            .env("CHATPOOL_PRESENCE_LEASE_MS", 40_000)
+            .spawn()
+            .await;
+        let users = chatpool::testkit::seed::seed_users(
+            &app,
+            "presence",
+            20,
+            chatpool::testkit::Role::Member,
+        )
+        .await;
+        let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+        let room = chatpool::testkit::seed::seed_room(&app, ids[0], &ids).await;
+        let mut sockets = Vec::new();
+        for u in &users {
+            sockets.push(connect(&app, &u.token).await);
+        }
+        let cluster = cluster();
+        let flushes = |calls: &[(String, i64)]| -> i64 {
+            calls
+                .iter()
+                .filter(|(q, _)| {
+                    q.contains("presence_leases") && q.contains("INSERT INTO presence ")
+                })
+                .map(|(_, c)| c)
+                .sum()
+        };
+        let before = cluster.statement_calls(&app.db.name).await;
+        for ws in &mut sockets {
+            ws.send_json(json!({"type": "join", "room_id": room})).await;
+        }
+        for ws in &mut sockets {
+            assert_eq!(ws.recv_json().await["type"], "joined");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while online(&app, &users[0].token, room).await.len() < 20 {
+            assert!(Instant::now() < deadline, "everyone online");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let joined = cluster.statement_calls(&app.db.name).await;
+        let batches = flushes(&joined) - flushes(&before);
+        assert!(
+            (1..=4).contains(&batches),
+            "20 joins in {batches} presence batches"
+        );
+
+        // Five heartbeats of every socket later (each answering its pings,
+        // or it would be dropped as silent), not one more batch.
+        let mut first = sockets.remove(0);
+        let readers: Vec<_> = sockets
+            .into_iter()
+            .map(|ws| tokio::spawn(ws.read_until_closed()))
+            .collect();
+        let mut pings = 0;
+        while pings < 5 {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                futures_util::StreamExt::next(&mut first.ws),
+            )
+            .await
+            {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("expected pings, got {other:?}"),
+            }
+        }
+        let later = cluster.statement_calls(&app.db.name).await;
+        assert_eq!(
+            flushes(&later),
+            flushes(&joined),
+            "heartbeats cost no presence statement"
+        );
+        assert_eq!(
+            online(&app, &users[0].token, room).await.len(),
+            20,
+            "nobody was dropped"
+        );
+        for r in readers {
+            r.abort();
+        }
+    })
+    .await;
+}
