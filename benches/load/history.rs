@@ -10,7 +10,7 @@ use chatpool::testkit::ws::FRAME_WAIT;
 use chatpool::testkit::Role;
 use serde_json::Value;
 
-use crate::measure::{env_num, per, rate, reset_statements, statements, Cpu, Percentiles};
+use crate::measure::{env_num, request_cells, reset_statements, statements, Cpu};
 use crate::{shut_down, Bench, BENCH_APP, PHASE_LIMIT};
 
 /// Scenario d: history page latency on a large room, and its plan.
@@ -192,23 +192,9 @@ pub async fn scenario_history(bench: &Bench<'_>) -> String {
             paging_statements,
         ),
     ] {
-        let count = lat.len();
-        let p = Percentiles::of(&mut lat);
         let (cpu, spent) = cpu;
-        let ms = |secs: f64| secs * 1e3 / count.max(1) as f64;
-        let _ = writeln!(
-            s,
-            "| {label} | {count} | {} | {:.0} | {} | {:.3} / {:.3} ms | {} | {cpu} |",
-            p.row(),
-            rate(count as f64, secs),
-            per(stmts, count as f64),
-            ms(spent.server),
-            ms(spent.postgres),
-            fail.len()
-        );
-        for f in fail.iter().take(3) {
-            let _ = writeln!(s, "\n- failure: {f}");
-        }
+        let (cells, notes) = request_cells(&mut lat, secs, stmts, &spent, &fail);
+        let _ = writeln!(s, "| {label} | {cells} | {cpu} |{notes}");
     }
     let _ = writeln!(s, "\n`EXPLAIN` of the server's query:\n\n```\n{}```", plans);
     s

@@ -366,3 +366,33 @@ pub fn pgbench(url: &str, clients: usize, secs: u64, script: &str) -> Option<f64
     }
     tps
 }
+
+/// The cells of a request phase's table row: `requests | p50 / p95 / p99 /
+/// max | requests/s | statements per request | CPU per request: chatpool /
+/// PostgreSQL | failures`, and after the row up to three failures.
+pub fn request_cells(
+    lat: &mut [Duration],
+    secs: f64,
+    stmts: Option<f64>,
+    spent: &Spent,
+    failures: &[String],
+) -> (String, String) {
+    let count = lat.len();
+    let p = Percentiles::of(lat);
+    let ms = |secs: f64| secs * 1e3 / count.max(1) as f64;
+    let cells = format!(
+        "{count} | {} | {:.0} | {} | {:.3} / {:.3} ms | {}",
+        p.row(),
+        rate(count as f64, secs),
+        per(stmts, count as f64),
+        ms(spent.server),
+        ms(spent.postgres),
+        failures.len()
+    );
+    let notes = failures
+        .iter()
+        .take(3)
+        .map(|f| format!("\n- failure: {f}\n"))
+        .collect();
+    (cells, notes)
+}

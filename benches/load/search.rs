@@ -12,7 +12,7 @@ use chatpool::testkit::ws::FRAME_WAIT;
 use chatpool::testkit::Role;
 use serde_json::Value;
 
-use crate::measure::{env_num, per, rate, reset_statements, statements, Cpu, Percentiles};
+use crate::measure::{env_num, request_cells, reset_statements, statements, Cpu};
 use crate::{shut_down, Bench, BENCH_APP, PHASE_LIMIT};
 
 /// The words messages are made of: Spanish and English, some accented.
@@ -296,22 +296,8 @@ pub async fn scenario_search(bench: &Bench<'_>) -> String {
         let secs = started.elapsed().as_secs_f64();
         let (_, spent) = cpu.finish();
         let stmts = statements(bench.admin, &server.db.name).await;
-        let count = lat.len();
-        let p = Percentiles::of(&mut lat);
-        let ms = |secs: f64| secs * 1e3 / count.max(1) as f64;
-        let _ = writeln!(
-            s,
-            "| {label} `{q}` | {matches} | {count} | {} | {:.0} | {} | {:.3} / {:.3} ms | {} |",
-            p.row(),
-            rate(count as f64, secs),
-            per(stmts, count as f64),
-            ms(spent.server),
-            ms(spent.postgres),
-            failures.len()
-        );
-        for f in failures.iter().take(3) {
-            let _ = writeln!(s, "\n- failure: {f}");
-        }
+        let (cells, notes) = request_cells(&mut lat, secs, stmts, &spent, &failures);
+        let _ = writeln!(s, "| {label} `{q}` | {matches} | {cells} |{notes}");
     }
     drop(admin);
     shut_down(server).await;

@@ -13,8 +13,9 @@ use crate::domain::{AuthorView, MessageView, Role};
 use crate::ids::{MessageId, RoomId, Seq, UserId};
 use crate::schema::messages;
 
+/// A message object's row (the columns of [`MESSAGE_SELECT`]).
 #[derive(QueryableByName)]
-struct MessageRow {
+pub(super) struct MessageRow {
     #[diesel(sql_type = BigInt)]
     id: MessageId,
     #[diesel(sql_type = BigInt)]

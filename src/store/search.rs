@@ -7,39 +7,14 @@
 //! part of the statement: a row is kept only if the caller may read its
 //! room. Deleted messages have an empty body, so no words and no match.
 
-use chrono::{DateTime, Utc};
 use diesel::result::Error;
-use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
-use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::messages::MessageRow;
 use super::CacheStatement;
-use crate::domain::{AuthorView, MessageView, Role};
-use crate::ids::{MessageId, RoomId, Seq, UserId};
-
-#[derive(QueryableByName)]
-struct HitRow {
-    #[diesel(sql_type = BigInt)]
-    id: MessageId,
-    #[diesel(sql_type = BigInt)]
-    room_id: RoomId,
-    #[diesel(sql_type = BigInt)]
-    seq: Seq,
-    #[diesel(sql_type = BigInt)]
-    author_id: UserId,
-    #[diesel(sql_type = Text)]
-    username: String,
-    #[diesel(sql_type = Text)]
-    display_name: String,
-    #[diesel(sql_type = Text)]
-    body: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    client_id: Option<String>,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    edited_at: Option<DateTime<Utc>>,
-}
+use crate::domain::{MessageView, Role};
+use crate::ids::{RoomId, UserId};
 
 /// Matches ranked per search at most: the newest ones. Ranking computes each
 /// candidate's `to_tsvector` again (about 5 µs a row); ranking every match
@@ -60,7 +35,7 @@ WITH hits AS (
     LIMIT {CANDIDATES}
 )
 SELECT h.id, h.room_id, h.seq, h.author_id, u.username, u.display_name, h.body, h.client_id,
-       h.created_at, h.edited_at
+       h.created_at, h.edited_at, NULL::timestamptz AS deleted_at
 FROM hits h
 JOIN users u ON u.id = h.author_id
 ORDER BY ts_rank(to_tsvector('chatpool_search', h.body), websearch_to_tsquery('chatpool_search', $1)) DESC,
@@ -97,7 +72,7 @@ pub async fn messages(
         .bind::<BigInt, _>(caller)
         .bind::<Array<Text>, _>(Role::seeing_every_room())
         .bind::<BigInt, _>(limit);
-    let rows: Vec<HitRow> = match room {
+    let rows: Vec<MessageRow> = match room {
         Some(room) => {
             statement
                 .bind::<BigInt, _>(room)
@@ -107,22 +82,5 @@ pub async fn messages(
         }
         None => statement.cached().load(conn).await?,
     };
-    Ok(rows
-        .into_iter()
-        .map(|r| MessageView {
-            id: r.id,
-            room_id: r.room_id,
-            seq: r.seq,
-            author: AuthorView {
-                id: r.author_id,
-                username: r.username,
-                display_name: r.display_name,
-            },
-            body: r.body,
-            client_id: r.client_id,
-            created_at: r.created_at,
-            edited_at: r.edited_at,
-            deleted_at: None,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Into::into).collect())
 }
