@@ -10,7 +10,7 @@ use chatpool::testkit::ws::FRAME_WAIT;
 use chatpool::testkit::Role;
 use serde_json::Value;
 
-use crate::measure::{env_num, request_cells, reset_statements, statements, Cpu};
+use crate::measure::{env_num, explain_into, request_cells, reset_statements, statements, Cpu};
 use crate::{shut_down, Bench, BENCH_APP, PHASE_LIMIT};
 
 /// Scenario d: history page latency on a large room, and its plan.
@@ -58,11 +58,7 @@ pub async fn scenario_history(bench: &Bench<'_>) -> String {
             plans,
             "-- {label}: ... WHERE m.room_id = {room} AND {filter} ORDER BY m.seq DESC LIMIT 51"
         );
-        for msg in admin.simple_query(&sql).await.expect("explain") {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                let _ = writeln!(plans, "{}", row.get(0).unwrap_or_default());
-            }
-        }
+        explain_into(&admin, &sql, &mut plans).await;
     }
     // The generic plan of the prepared statement: the server's sessions use
     // `plan_cache_mode = force_generic_plan` (db::pool), so this is the plan
@@ -83,19 +79,12 @@ pub async fn scenario_history(bench: &Bench<'_>) -> String {
         plans,
         "-- generic plan of the prepared before_seq statement (plan_cache_mode = force_generic_plan)"
     );
-    for msg in admin
-        .simple_query(&format!(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) \
-             EXECUTE bench_page({room}, 51, {}, {author}, ARRAY['agent','admin'])",
-            n / 2
-        ))
-        .await
-        .expect("explain generic")
-    {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-            let _ = writeln!(plans, "{}", row.get(0).unwrap_or_default());
-        }
-    }
+    let generic = format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) \
+         EXECUTE bench_page({room}, 51, {}, {author}, ARRAY['agent','admin'])",
+        n / 2
+    );
+    explain_into(&admin, &generic, &mut plans).await;
     admin
         .batch_execute("DEALLOCATE bench_page; RESET plan_cache_mode")
         .await

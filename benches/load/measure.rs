@@ -396,3 +396,13 @@ pub fn request_cells(
         .collect();
     (cells, notes)
 }
+
+/// Appends the plan `sql` (an `EXPLAIN …`) prints, a line per row, to `plans`.
+pub async fn explain_into(admin: &tokio_postgres::Client, sql: &str, plans: &mut String) {
+    use std::fmt::Write as _;
+    for msg in admin.simple_query(sql).await.expect("explain") {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+            let _ = writeln!(plans, "{}", row.get(0).unwrap_or_default());
+        }
+    }
+}

@@ -12,7 +12,7 @@ use chatpool::testkit::ws::FRAME_WAIT;
 use chatpool::testkit::Role;
 use serde_json::Value;
 
-use crate::measure::{env_num, request_cells, reset_statements, statements, Cpu};
+use crate::measure::{env_num, explain_into, request_cells, reset_statements, statements, Cpu};
 use crate::{shut_down, Bench, BENCH_APP, PHASE_LIMIT};
 
 /// The words messages are made of: Spanish and English, some accented.
@@ -210,17 +210,8 @@ pub async fn scenario_search(bench: &Bench<'_>) -> String {
         ),
     ] {
         let _ = writeln!(plans, "-- {label}: EXECUTE {call}");
-        for msg in admin
-            .simple_query(&format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) EXECUTE {call}"
-            ))
-            .await
-            .expect("explain")
-        {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                let _ = writeln!(plans, "{}", row.get(0).unwrap_or_default());
-            }
-        }
+        let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) EXECUTE {call}");
+        explain_into(&admin, &sql, &mut plans).await;
     }
     admin
         .batch_execute("DEALLOCATE ALL; RESET plan_cache_mode")

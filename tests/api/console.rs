@@ -44,6 +44,16 @@ async fn open_room(page: &Page, room: i64) {
     .await;
 }
 
+/// Waits until `n` messages are shown.
+async fn shown(page: &Page, what: &str, n: usize) {
+    page.wait_until(
+        what,
+        "return document.querySelectorAll('#messages li').length === arguments[0];",
+        vec![json!(n)],
+    )
+    .await;
+}
+
 async fn say(page: &Page, text: &str) {
     page.fill("#body", text).await;
     page.click("#composer button[type=submit]").await;
@@ -132,27 +142,12 @@ async fn scrolling_back_loads_older_pages_in_order() {
         let page = browser.page().await;
         with_token(&page, &app, &alice.token).await;
         open_room(&page, room).await;
-        page.wait_until(
-            "the latest page",
-            "return document.querySelectorAll('#messages li').length === 50;",
-            vec![],
-        )
-        .await;
+        shown(&page, "the latest page", 50).await;
         assert_eq!(page.seqs().await, (71..=120).collect::<Vec<_>>());
         page.click("#older").await;
-        page.wait_until(
-            "a second page",
-            "return document.querySelectorAll('#messages li').length === 100;",
-            vec![],
-        )
-        .await;
+        shown(&page, "a second page", 100).await;
         page.click("#older").await;
-        page.wait_until(
-            "every page",
-            "return document.querySelectorAll('#messages li').length === 120;",
-            vec![],
-        )
-        .await;
+        shown(&page, "every page", 120).await;
         assert_eq!(page.seqs().await, (1..=120).collect::<Vec<_>>());
         page.wait_until(
             "no older pages",

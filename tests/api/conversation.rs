@@ -91,6 +91,16 @@ async fn delete(app: &TestApp, token: &str, room: i64, seq: i64) -> chatpool::te
     .await
 }
 
+/// A fresh app; alice's room with bob in it; an agent who is in no room.
+async fn alice_bob_and_an_agent() -> (TestApp, Session, Session, Session, i64) {
+    let app = spawn_app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let agent = user_with_role(&app, "agent", Role::Agent).await;
+    let room = id_of(&create_room(&app, &alice.token, "r", &[bob.id()]).await);
+    (app, alice, bob, agent, room)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unread_counts_follow_sends_reads_and_deletes_and_markers_never_go_back_or_past_last_seq() {
     bounded(async {
@@ -239,11 +249,7 @@ async fn a_read_reaches_the_room_and_the_readers_other_sockets_once_and_the_read
 #[tokio::test(flavor = "multi_thread")]
 async fn the_author_edits_and_joined_sockets_get_message_updated_others_get_403_and_deleted_409() {
     bounded(async {
-        let app = spawn_app().await;
-        let alice = register(&app, "alice").await;
-        let bob = register(&app, "bob").await;
-        let agent = user_with_role(&app, "agent", Role::Agent).await;
-        let room = id_of(&create_room(&app, &alice.token, "r", &[bob.id()]).await);
+        let (app, alice, bob, agent, room) = alice_bob_and_an_agent().await;
         let original = send(&app, &alice, room, "helo").await;
         assert_eq!(
             (
@@ -308,11 +314,7 @@ async fn the_author_edits_and_joined_sockets_get_message_updated_others_get_403_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_leaves_a_tombstone_erases_the_text_and_repeats_as_204() {
     bounded(async {
-        let app = spawn_app().await;
-        let alice = register(&app, "alice").await;
-        let bob = register(&app, "bob").await;
-        let agent = user_with_role(&app, "agent", Role::Agent).await;
-        let room = id_of(&create_room(&app, &alice.token, "r", &[bob.id()]).await);
+        let (app, alice, bob, agent, room) = alice_bob_and_an_agent().await;
         let first = post_message(&app, &alice.token, room, "my password is hunter2", Some("c-1"))
             .await
             .expect(201);
